@@ -1,0 +1,1 @@
+"""MAML² in JAX: meta-RL via meta-learning for task categories."""

@@ -1,0 +1,205 @@
+"""The ``maml2`` command line.
+
+``maml2 gridworld --out DIR`` runs the published tabular experiment (DESIGN §1.1):
+classification, MAML² training, re-adaptation tests, the no-reset ablation, MAML and
+learning from scratch on every run; it prints a table and writes
+``DIR/summary.json`` and ``DIR/adaptation.png``.
+
+Bad input stops with one line ``maml2: error: ...`` (exit status 2) before anything
+is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+from maml2_jax.errors import ConfigError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, no usage dump
+        raise ConfigError(message)
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    if text.strip().lower() in ("", "none"):
+        return ()
+    try:
+        return tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _groups(text: str) -> tuple[tuple[int, ...], ...]:
+    groups = []
+    for part in text.split(";"):
+        tasks = []
+        for item in part.split(","):
+            item = item.strip()
+            try:
+                if "-" in item:
+                    lo, hi = (int(x) for x in item.split("-"))
+                    tasks.extend(range(lo, hi + 1))
+                else:
+                    tasks.append(int(item))
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"bad group list {text!r}; expected e.g. '0,1;2-8;9'") from None
+        groups.append(tuple(tasks))
+    return tuple(groups)
+
+
+def _add_gridworld(sub) -> None:
+    from maml2_jax.envs.gridworld import PUBLISHED_GOALS, PUBLISHED_WALLS
+    from maml2_jax.gridworld_experiment import GridworldConfig
+    from maml2_jax.learners.sarsa import SarsaConfig
+
+    d, s = GridworldConfig(), SarsaConfig()
+    p = sub.add_parser("gridworld", help="the published tabular MAML² experiment")
+    p.add_argument("--out", required=True, help="output directory (created if missing)")
+    p.add_argument("--runs", type=int, default=d.runs, help="independent runs (default %(default)s)")
+    p.add_argument("--seed", type=int, default=d.seed, help="master seed (default %(default)s)")
+    p.add_argument("--categories", type=int, default=d.categories, help="N, task categories (default %(default)s)")
+    p.add_argument("--outer-iterations", type=int, default=d.outer_iterations, help="K_out of MAML² (default %(default)s)")
+    p.add_argument("--inner-iterations", type=int, default=d.inner_iterations,
+                   help="K_in, CatMeta steps per category per outer iteration (default %(default)s)")
+    p.add_argument("--maml-iterations", type=int, default=d.maml_iterations,
+                   help="meta-iterations of the MAML baseline (default %(default)s)")
+    p.add_argument("--outer-update", choices=("sequential", "parallel"), default=d.outer_update,
+                   help="sequential: each category starts from the θ moved by the previous ones (published); "
+                        "parallel: all from the same θ, then the mean (default %(default)s)")
+    p.add_argument("--classify-episodes", type=int, default=d.classify_episodes,
+                   help="episodes learning each task from scratch for its feature (default %(default)s)")
+    p.add_argument("--adapt-episodes", type=int, default=d.adapt_episodes,
+                   help="episodes of each Adapt inside meta-training (default %(default)s)")
+    p.add_argument("--test-episodes", type=int, default=d.test_episodes,
+                   help="adaptation episodes per test task (default %(default)s)")
+    p.add_argument("--reset-after", type=int, default=d.reset_after,
+                   help="episodes from θ before the update-tendency reset (default %(default)s)")
+    p.add_argument("--beta", type=float, default=d.beta, help="β of the CatMeta step β/|C| (default %(default)s)")
+    p.add_argument("--rows", type=int, default=10, help="grid rows (default %(default)s)")
+    p.add_argument("--cols", type=int, default=10, help="grid columns (default %(default)s)")
+    p.add_argument("--walls", type=_ints, default=PUBLISHED_WALLS,
+                   help="comma-separated wall cells, or 'none' (default: the published maze)")
+    p.add_argument("--start", type=int, default=0, help="start cell (default %(default)s)")
+    p.add_argument("--goals", type=_ints, default=PUBLISHED_GOALS,
+                   help="comma-separated goal cells, one task each (default: the published ten)")
+    p.add_argument("--max-steps", type=int, default=1000, help="episode cut (default %(default)s)")
+    p.add_argument("--groups", type=_groups, default=None,
+                   help="reporting groups of task ids, e.g. '0,1;2-8;9' (default: the published groups "
+                        "for the published goals, else one group per task)")
+    p.add_argument("--alpha", type=float, default=s.alpha, help="SARSA learning rate (default %(default)s)")
+    p.add_argument("--gamma", type=float, default=s.gamma, help="discount (default %(default)s)")
+    p.add_argument("--epsilon", type=float, default=s.epsilon, help="initial ε of every adaptation (default %(default)s)")
+    p.add_argument("--epsilon-decay", type=float, default=s.epsilon_decay,
+                   help="ε factor per action choice (default %(default)s)")
+    p.add_argument("--q-init", type=float, default=s.q_init, help="initial Q value (default %(default)s)")
+    p.add_argument("--quiet", action="store_true", help="print only the final table")
+
+
+def _gridworld_config(args):
+    from maml2_jax.envs.gridworld import GridWorld
+    from maml2_jax.gridworld_experiment import GridworldConfig
+    from maml2_jax.learners.sarsa import SarsaConfig
+
+    world = GridWorld(rows=args.rows, cols=args.cols, walls=args.walls, start=args.start, goals=args.goals,
+                      max_steps=args.max_steps)
+    sarsa = SarsaConfig(alpha=args.alpha, gamma=args.gamma, epsilon=args.epsilon,
+                        epsilon_decay=args.epsilon_decay, q_init=args.q_init)
+    return GridworldConfig(
+        runs=args.runs, seed=args.seed, categories=args.categories, outer_iterations=args.outer_iterations,
+        inner_iterations=args.inner_iterations, maml_iterations=args.maml_iterations,
+        outer_update=args.outer_update, classify_episodes=args.classify_episodes,
+        adapt_episodes=args.adapt_episodes, test_episodes=args.test_episodes, reset_after=args.reset_after,
+        beta=args.beta, world=world, sarsa=sarsa, groups=args.groups,
+    )
+
+
+def check_writable(out: str) -> None:
+    """Raises ConfigError unless ``out`` is, or can be created as, a writable directory."""
+    path = os.path.abspath(out)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ConfigError(f"output path {out} exists and is not a directory")
+    probe = path
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise ConfigError(f"output directory {out} is not writable: {probe} is not a directory")
+    try:  # a real write, not os.access: read-only mounts and root both answer truthfully
+        with tempfile.TemporaryFile(dir=probe):
+            pass
+    except OSError as error:
+        raise ConfigError(f"output directory {out} is not writable ({error.strerror})") from None
+
+
+def _write_atomically(path: str, write) -> None:
+    directory = os.path.dirname(path)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.splitext(path)[1])
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def run_gridworld(args) -> None:
+    """Impure: runs the experiment, prints progress and the table, writes the outputs."""
+    from maml2_jax import evaluation, gridworld_experiment, plotting
+
+    config = _gridworld_config(args)
+    check_writable(args.out)
+    stages = {"classify": "learning every task from scratch for its feature",
+              "k-means": "clustering tasks into categories", "train": "meta-training MAML² and MAML",
+              "test": "adapting to every task: MAML², no reset, MAML, LFS"}
+    started = time.perf_counter()
+
+    def progress(stage):
+        if not args.quiet:
+            print(f"[{time.perf_counter() - started:6.1f}s] {stage}: {stages.get(stage, '')}", file=sys.stderr,
+                  flush=True)
+
+    if not args.quiet:
+        print(f"grid world: {config.runs} runs x {config.world.num_tasks} tasks, N={config.categories}, "
+              f"K_out={config.outer_iterations}, K_in={config.inner_iterations}, "
+              f"MAML {config.maml_iterations} it., {config.outer_update} outer update", file=sys.stderr)
+    result = gridworld_experiment.run(config, progress)
+    summary = evaluation.summarize(result)
+    os.makedirs(args.out, exist_ok=True)
+    summary_path = os.path.join(args.out, "summary.json")
+    figure_path = os.path.join(args.out, "adaptation.png")
+
+    def dump(tmp):
+        with open(tmp, "w") as f:
+            json.dump(summary, f, indent=1)
+
+    _write_atomically(figure_path, lambda tmp: plotting.adaptation_figure(summary, tmp))
+    _write_atomically(summary_path, dump)
+    print(evaluation.table(summary))
+    print(f"{result.seconds:.1f} s; wrote {summary_path} and {figure_path}")
+
+
+def main(argv=None) -> int:
+    from maml2_jax import sharding
+
+    sharding.use_host_cores()  # before JAX starts; no effect on GPU/TPU
+    parser = _Parser(prog="maml2", description="MAML² meta-reinforcement learning in JAX")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _add_gridworld(sub)
+    try:
+        args = parser.parse_args(argv)
+        if args.command == "gridworld":
+            run_gridworld(args)
+    except ConfigError as error:
+        print(f"maml2: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Environments: the tabular grid world (tasks are goal cells)."""

@@ -1,0 +1,118 @@
+"""The tabular grid world of the published MAML² experiments (DESIGN §1.1).
+
+Cells are numbered ``s = cols * row + col`` with 0 at the top-left. Actions are
+0 up, 1 down, 2 left, 3 right; a move into a wall or off the grid leaves the agent in
+place. Reward is 1 on entering the goal (which ends the episode), 0 otherwise. A task
+is nothing but its goal cell, an ``int32`` scalar, so a batch of tasks is an array and
+one compiled step serves any mix of goals.
+
+The layout (size, walls, start) is static: it is compiled into a next-cell table
+``[S, 4]`` once, host side.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from maml2_jax.errors import ConfigError
+
+NUM_ACTIONS = 4
+# (row, col) offsets of up, down, left, right.
+_MOVES = ((-1, 0), (1, 0), (0, -1), (0, 1))
+
+PUBLISHED_WALLS = (2, 12, 29, 38, 43, 44, 45, 46, 47, 52, 61, 62, 67, 68, 76, 81, 86, 96)
+PUBLISHED_GOALS = (39, 48, 69, 79, 78, 77, 99, 98, 97, 90)
+# The paper's reporting groups: two tasks near the right wall, the bottom-right
+# cluster, and the isolated bottom-left task.
+PUBLISHED_GROUPS = ((0, 1), (2, 3, 4, 5, 6, 7, 8), (9,))
+
+
+@dataclasses.dataclass(frozen=True)
+class GridWorld:
+    """A grid-world layout and its task set (one task per goal cell).
+
+    Attributes:
+      rows: number of grid rows.
+      cols: number of grid columns.
+      walls: cells the agent cannot enter.
+      start: the start cell of every task.
+      goals: one goal cell per task; task ``i`` is ``goals[i]``.
+      max_steps: an episode is cut after this many moves.
+    """
+
+    rows: int = 10
+    cols: int = 10
+    walls: tuple[int, ...] = PUBLISHED_WALLS
+    start: int = 0
+    goals: tuple[int, ...] = PUBLISHED_GOALS
+    max_steps: int = 1000
+
+    def __post_init__(self):
+        object.__setattr__(self, "walls", tuple(int(w) for w in self.walls))
+        object.__setattr__(self, "goals", tuple(int(g) for g in self.goals))
+        if self.rows < 1 or self.cols < 1:
+            raise ConfigError(f"grid must be at least 1x1, got {self.rows}x{self.cols}")
+        n = self.num_states
+        for w in self.walls:
+            if not 0 <= w < n:
+                raise ConfigError(f"wall cell {w} is off the {self.rows}x{self.cols} grid")
+        if not 0 <= self.start < n:
+            raise ConfigError(f"start cell {self.start} is off the {self.rows}x{self.cols} grid")
+        if self.start in self.walls:
+            raise ConfigError(f"start cell {self.start} is a wall")
+        if not self.goals:
+            raise ConfigError("at least one goal cell is needed")
+        for g in self.goals:
+            if not 0 <= g < n:
+                raise ConfigError(f"goal cell {g} is off the {self.rows}x{self.cols} grid")
+            if g in self.walls:
+                raise ConfigError(f"goal cell {g} is a wall")
+            if g == self.start:
+                raise ConfigError(f"goal cell {g} is the start cell")
+        if self.max_steps < 1:
+            raise ConfigError(f"max_steps must be positive, got {self.max_steps}")
+        reachable = _reachable(self.next_cell_table(), self.start)
+        for g in self.goals:
+            if not reachable[g]:
+                raise ConfigError(f"goal cell {g} cannot be reached from start cell {self.start}")
+
+    @property
+    def num_states(self) -> int:
+        return self.rows * self.cols
+
+    @property
+    def num_tasks(self) -> int:
+        return len(self.goals)
+
+    def next_cell_table(self) -> np.ndarray:
+        """``[S, 4]`` int32 table: the cell reached from ``s`` by action ``a``."""
+        wall = np.zeros(self.num_states, bool)
+        wall[list(self.walls)] = True
+        table = np.empty((self.num_states, NUM_ACTIONS), np.int32)
+        for s in range(self.num_states):
+            row, col = divmod(s, self.cols)
+            for a, (dr, dc) in enumerate(_MOVES):
+                r2, c2 = row + dr, col + dc
+                inside = 0 <= r2 < self.rows and 0 <= c2 < self.cols
+                target = r2 * self.cols + c2
+                table[s, a] = target if inside and not wall[target] else s
+        return table
+
+    def task_array(self) -> np.ndarray:
+        """The tasks as data: ``[T]`` int32 goal cells."""
+        return np.asarray(self.goals, np.int32)
+
+
+def _reachable(table: np.ndarray, start: int) -> np.ndarray:
+    seen = np.zeros(table.shape[0], bool)
+    seen[start] = True
+    frontier = [start]
+    while frontier:
+        s = frontier.pop()
+        for s2 in table[s]:
+            if not seen[s2]:
+                seen[s2] = True
+                frontier.append(int(s2))
+    return seen

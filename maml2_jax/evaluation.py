@@ -1,0 +1,87 @@
+"""Summaries of adaptation results: means, per-episode curves and 95% bands."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from maml2_jax.gridworld_experiment import METHODS, GridworldResult
+
+
+def band(per_run: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean over runs and the half-width of its normal 95% interval.
+
+    Args:
+      per_run: ``[R, ...]`` one value per run.
+
+    Returns:
+      ``(mean [...], half_width [...])``; the half-width is 0 for a single run.
+    """
+    mean = per_run.mean(axis=0)
+    runs = per_run.shape[0]
+    if runs < 2:
+        return mean, np.zeros_like(mean)
+    return mean, 1.96 * per_run.std(axis=0, ddof=1) / np.sqrt(runs)
+
+
+def summarize(result: GridworldResult) -> dict:
+    """The JSON-ready summary of a grid-world experiment.
+
+    Keys: ``groups`` {group: [task ids]}; ``mean_steps`` {method: {group: mean over
+    the test episodes and all runs}}; ``mean_steps_after_reset`` (the same over the
+    episodes after ``reset_after``); ``curves`` and ``curves_ci95`` {method: {group:
+    [E]}}; ``per_task`` {method: {task: [E]}}; ``categories`` [R][T] k-means labels;
+    ``readapt_category`` [R][T] the category MAML² reset to; ``config``;
+    ``phase_seconds``; ``seconds``.
+    """
+    config = result.config
+    groups = {str(g): list(tasks) for g, tasks in enumerate(config.report_groups())}
+    summary = {
+        "groups": groups,
+        "mean_steps": {},
+        "mean_steps_after_reset": {},
+        "curves": {},
+        "curves_ci95": {},
+        "per_task": {},
+    }
+    for m, method in enumerate(METHODS):
+        steps = result.steps[m].astype(np.float64)  # [R, T, E]
+        for key in ("mean_steps", "mean_steps_after_reset", "curves", "curves_ci95", "per_task"):
+            summary[key][method] = {}
+        for g, tasks in groups.items():
+            per_run = steps[:, tasks].mean(axis=1)  # [R, E]
+            mean, half = band(per_run)
+            summary["mean_steps"][method][g] = float(per_run.mean())
+            summary["mean_steps_after_reset"][method][g] = float(per_run[:, config.reset_after:].mean())
+            summary["curves"][method][g] = mean.tolist()
+            summary["curves_ci95"][method][g] = half.tolist()
+        for t in range(steps.shape[1]):
+            summary["per_task"][method][str(t)] = steps[:, t].mean(axis=0).tolist()
+    summary["categories"] = result.labels.tolist()
+    summary["readapt_category"] = result.chosen.tolist()
+    summary["config"] = _jsonable(dataclasses.asdict(config))
+    summary["phase_seconds"] = dict(result.phase_seconds)
+    summary["seconds"] = result.seconds
+    return summary
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def table(summary: dict) -> str:
+    """A plain-text table: mean steps per method and group (lower is better)."""
+    groups = summary["groups"]
+    names = ["{" + ",".join(str(t) for t in tasks) + "}" if len(tasks) < 4 else f"{{{tasks[0]}..{tasks[-1]}}}"
+             for tasks in groups.values()]
+    width = max(12, *(len(n) + 2 for n in names))
+    lines = ["mean steps over the test episodes (lower is better)",
+             f"{'method':<16}" + "".join(f"{n:>{width}}" for n in names)]
+    for method, by_group in summary["mean_steps"].items():
+        lines.append(f"{method:<16}" + "".join(f"{by_group[g]:>{width}.1f}" for g in groups))
+    return "\n".join(lines)

@@ -1,0 +1,288 @@
+"""The published tabular experiment (DESIGN §1.1), every run at once.
+
+Per run: classify the tasks (learn each from scratch, k-means on θ ⊙ μ), meta-train
+MAML² on the categories, meta-train the MAML baseline, then adapt to every task with
+MAML² (update-tendency reset), MAML² without reset, MAML and learning from scratch.
+Runs and tasks are lanes of four compiled programs, so 50 runs cost one compile each:
+
+1. ``classify``   — lanes R × T, ``Adapt(θ_init, T_i, 2000)``;
+2. k-means        — host side, per run;
+3. ``train``      — MAML² (lanes R) and MAML (lanes R) meta-training;
+4. ``test``       — lanes 4 methods × R × T, 10 episodes each.
+
+Each run's randomness comes from ``fold_in(PRNGKey(seed), run)``, so run r gives the
+same result alone or inside a batch of any size. The four test methods of a
+(run, task) share one key: common random numbers make their comparison paired, and
+MAML² and its no-reset ablation share their first episode exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from maml2_jax import adaptation, clustering, maml2, sharding
+from maml2_jax.envs.gridworld import PUBLISHED_GOALS, PUBLISHED_GROUPS, GridWorld
+from maml2_jax.errors import ConfigError
+from maml2_jax.learners.sarsa import SarsaConfig, make_sarsa
+
+METHODS = ("maml2", "maml2_no_reset", "maml", "lfs")
+
+
+@dataclasses.dataclass(frozen=True)
+class GridworldConfig:
+    """Everything that defines one grid-world experiment.
+
+    Attributes:
+      runs: independent runs (each redoes classification, meta-training, testing).
+      seed: master seed; run r uses ``fold_in(PRNGKey(seed), r)``.
+      categories: N, number of task categories (k-means clusters).
+      outer_iterations: K_out of MAML².
+      inner_iterations: K_in, CatMeta steps per category per outer iteration.
+      maml_iterations: meta-iterations of the MAML baseline.
+      outer_update: "sequential" (published) or "parallel".
+      classify_episodes: episodes of learning from scratch per task for the features.
+      adapt_episodes: episodes of each Adapt inside CatMeta.
+      test_episodes: adaptation episodes on each task at test time.
+      reset_after: episodes from θ before the update-tendency reset.
+      beta: β of the CatMeta step β/|C|.
+      stop_tolerance: CatMeta stops early when a step is smaller than this.
+      world: the grid layout and its tasks (goal cells).
+      sarsa: the learner's hyper-parameters.
+      groups: reporting groups of task ids; ``None`` gives the published groups for
+        the published goals and one group per task otherwise.
+    """
+
+    runs: int = 50
+    seed: int = 0
+    categories: int = 3
+    outer_iterations: int = 20
+    inner_iterations: int = 10
+    maml_iterations: int = 3000
+    outer_update: str = "sequential"
+    classify_episodes: int = 2000
+    adapt_episodes: int = 5
+    test_episodes: int = 10
+    reset_after: int = 1
+    beta: float = 1.0
+    stop_tolerance: float = 1e-5
+    world: GridWorld = GridWorld()
+    sarsa: SarsaConfig = SarsaConfig()
+    groups: tuple[tuple[int, ...], ...] | None = None
+
+    def __post_init__(self):
+        for name in ("runs", "classify_episodes", "maml_iterations"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name.replace('_', ' ')} must be a positive integer, got {value}")
+        num_tasks = self.world.num_tasks
+        if not 1 <= self.categories <= num_tasks:
+            raise ConfigError(f"categories must be between 1 and the number of tasks ({num_tasks}), got {self.categories}")
+        if not 1 <= self.reset_after < self.test_episodes:
+            raise ConfigError(
+                f"need 1 <= reset_after < test_episodes, got reset_after={self.reset_after}, "
+                f"test_episodes={self.test_episodes}"
+            )
+        self.schedule()  # validates the meta-training settings
+        if self.groups is not None:
+            groups = tuple(tuple(int(t) for t in g) for g in self.groups)
+            object.__setattr__(self, "groups", groups)
+            for group in groups:
+                if not group:
+                    raise ConfigError("a reporting group is empty")
+                for t in group:
+                    if not 0 <= t < num_tasks:
+                        raise ConfigError(f"group names task {t}, but the tasks are 0..{num_tasks - 1}")
+
+    def schedule(self) -> maml2.Schedule:
+        return maml2.Schedule(
+            self.outer_iterations, self.inner_iterations, self.adapt_episodes, self.beta, self.stop_tolerance,
+            self.outer_update,
+        )
+
+    def report_groups(self) -> tuple[tuple[int, ...], ...]:
+        if self.groups is not None:
+            return self.groups
+        if self.world.goals == PUBLISHED_GOALS:
+            return PUBLISHED_GROUPS
+        return tuple((t,) for t in range(self.world.num_tasks))
+
+
+@dataclasses.dataclass
+class GridworldResult:
+    """Raw results (NumPy) of an experiment.
+
+    Attributes:
+      steps: ``[4 methods, R, T, E]`` steps of every test episode (order: METHODS).
+      labels: ``[R, T]`` category of each task in each run.
+      chosen: ``[R, T]`` category MAML²'s update tendency picked on each test task.
+      phase_seconds: wall time of each phase (compile included).
+      agent_steps: agent steps (action choices) of each compiled phase, all lanes.
+      seconds: wall time of the whole experiment.
+    """
+
+    config: GridworldConfig
+    steps: np.ndarray
+    labels: np.ndarray
+    chosen: np.ndarray
+    phase_seconds: dict
+    agent_steps: dict
+    seconds: float
+
+
+def run_keys(seed: int, runs: int) -> jax.Array:
+    """``[R, 5]`` keys per run: classification, k-means, MAML², MAML, test."""
+    master = jax.random.key(seed)
+    return jax.vmap(lambda r: jax.random.split(jax.random.fold_in(master, r), 5))(jnp.arange(runs))
+
+
+def _per_task_keys(keys, num_tasks):
+    return jax.vmap(lambda k: jax.vmap(lambda t: jax.random.fold_in(k, t))(jnp.arange(num_tasks)))(keys)
+
+
+def build(config: GridworldConfig, mesh: jax.sharding.Mesh | None = None):
+    """The experiment's compiled stages, as pure functions of arrays.
+
+    Every argument and output has the run axis first, and runs are independent, so
+    with a ``mesh`` the stages are split over its devices along that axis (the run
+    count must then be a multiple of the device count: see :func:`run`).
+
+    Returns ``(classify, train, test)``:
+      ``classify(keys [R]) -> (features [R, T, F], ticks)``;
+      ``train(members [R, N, T], k_maml2 [R], k_maml [R]) -> (θ, θ_c, θ_maml, ticks)``;
+      ``test(θ, θ_c, θ_maml, keys [R]) -> (steps [R, 4, T, E], chosen [R, T], ticks)``.
+    ``ticks`` holds the agent steps (action choices) of each run's lanes (−1 where
+    not counted: the parallel mode's training).
+    """
+    learner = make_sarsa(config.world, config.sarsa, log_episodes=config.test_episodes, track_visits=False)
+    classifier = make_sarsa(config.world, config.sarsa, log_episodes=1, track_visits=True)
+    goals = jnp.asarray(config.world.task_array())
+    num_tasks = goals.shape[0]
+    schedule = config.schedule()
+
+    def lanes_of(x, runs):
+        return jnp.broadcast_to(x, (runs,) + x.shape)
+
+    def classify(keys):
+        runs = keys.shape[0]
+        lane_keys = _per_task_keys(keys, num_tasks).reshape(-1)
+        theta = lanes_of(classifier.init_params(), runs * num_tasks)
+        agents = adaptation.adapt(classifier, theta, jnp.tile(goals, runs), lane_keys, config.classify_episodes)
+        features = jax.vmap(classifier.feature)(agents).reshape(runs, num_tasks, -1)
+        return features, agents.choices.reshape(runs, num_tasks)
+
+    def train(members, k_maml2, k_maml):
+        runs, num_categories = members.shape[:2]
+        theta0 = lanes_of(learner.init_params(), runs)
+        tasks = lanes_of(goals, runs)
+        common = dict(adapt_episodes=config.adapt_episodes, beta=config.beta, stop_tolerance=config.stop_tolerance)
+        if config.outer_update == "parallel":
+            theta, category_params = maml2.meta_train(learner, schedule, theta0, members, tasks, k_maml2)
+            theta_maml = maml2.maml(learner, config.maml_iterations, theta0, tasks, k_maml, **common)
+            return theta, category_params, theta_maml, jnp.full((runs, 2), -1, jnp.int32)
+        # Sequential MAML² and MAML are both sequential schedules: one loop runs the
+        # 2R lanes side by side, as long as the slower of the two instead of both.
+        maml_members = jnp.zeros_like(members).at[:, 0].set(True)
+        state = maml2.run_schedules(
+            learner,
+            jnp.concatenate([theta0, theta0]),
+            jnp.concatenate([members, maml_members]),
+            jnp.concatenate([tasks, tasks]),
+            jnp.concatenate([k_maml2, k_maml]),
+            jnp.repeat(jnp.asarray([config.outer_iterations, 1]), runs),
+            jnp.repeat(jnp.asarray([config.inner_iterations, config.maml_iterations]), runs),
+            **common,
+        )
+        ticks = jnp.stack([state.ticks[:runs], state.ticks[runs:]], axis=1)
+        return state.theta[:runs], state.category_params[:runs], state.theta[runs:], ticks
+
+    def test(theta, category_params, theta_maml, keys):
+        runs = keys.shape[0]
+        num_methods = len(METHODS)
+        starts = jnp.stack([theta, theta, theta_maml, lanes_of(learner.init_params(), runs)])  # [M, R, ...]
+
+        def lanes(x):  # [M, R, ...] -> [M * R * T, ...]
+            x = jnp.broadcast_to(x[:, :, None], x.shape[:2] + (num_tasks,) + x.shape[2:])
+            return x.reshape((-1,) + x.shape[3:])
+
+        lane_cats = lanes(jnp.broadcast_to(category_params, (num_methods,) + category_params.shape))
+        lane_keys = jnp.tile(_per_task_keys(keys, num_tasks).reshape(-1), num_methods)
+        lane_goals = jnp.tile(goals, num_methods * runs)
+        reset = jnp.repeat(jnp.arange(num_methods) == METHODS.index("maml2"), runs * num_tasks)
+        agents, chosen = maml2.readapt(
+            learner, lanes(starts), lane_cats, lane_goals, lane_keys, config.test_episodes, reset, config.reset_after
+        )
+        steps = jax.vmap(learner.performance)(agents).reshape(num_methods, runs, num_tasks, -1)
+        ticks = jnp.swapaxes(agents.choices.reshape(num_methods, runs, num_tasks), 0, 1)
+        return jnp.swapaxes(steps, 0, 1), chosen.reshape(num_methods, runs, num_tasks)[0], ticks
+
+    return (
+        sharding.shard_runs(classify, mesh, 1),
+        sharding.shard_runs(train, mesh, 3),
+        sharding.shard_runs(test, mesh, 4),
+    )
+
+
+def categorize(features, keys, categories: int) -> np.ndarray:
+    """Host-side k-means of every run: ``[R, T, F]`` features -> ``[R, T]`` labels.
+
+    Run r's k-means seed is drawn from ``keys[r]``.
+    """
+    seeds = np.asarray(jax.vmap(lambda k: jax.random.randint(k, (), 0, 2**31 - 1))(keys))
+    return np.stack([clustering.kmeans_labels(f, categories, int(s)) for f, s in zip(np.asarray(features), seeds)])
+
+
+def run(config: GridworldConfig, progress: Callable[[str], None] | None = None,
+        mesh: jax.sharding.Mesh | None = None) -> GridworldResult:
+    """Runs the whole experiment. Impure: host k-means, timing, ``progress`` calls.
+
+    Args:
+      config: the experiment.
+      progress: called with a short message as each stage starts.
+      mesh: devices to split the runs over (default: all devices). The runs are
+        padded to a multiple of the device count; results do not depend on it.
+    """
+    say = progress or (lambda message: None)
+    started = time.perf_counter()
+    mesh = sharding.run_mesh() if mesh is None else mesh
+    classify, train, test = build(config, mesh if mesh.size > 1 else None)
+    keys = sharding.pad_runs(run_keys(config.seed, config.runs), mesh.size)
+    phases = {}
+
+    def timed(name, fn, *args):
+        say(name)
+        t0 = time.perf_counter()
+        out = jax.block_until_ready(fn(*args))
+        phases[name] = time.perf_counter() - t0
+        return out
+
+    features, classify_steps = timed("classify", classify, keys[:, 0])
+    features = np.asarray(features)
+    say("k-means")
+    t0 = time.perf_counter()
+    labels = categorize(features, keys[:, 1], config.categories)
+    members = np.stack([clustering.membership(l, config.categories) for l in labels])
+    phases["k-means"] = time.perf_counter() - t0
+    theta, category_params, theta_maml, train_steps = timed(
+        "train", train, jnp.asarray(members), keys[:, 2], keys[:, 3]
+    )
+    steps, chosen, test_steps = timed("test", test, theta, category_params, theta_maml, keys[:, 4])
+    runs = config.runs  # drop the padding runs
+
+    def count(ticks):
+        return int(np.asarray(ticks, np.int64)[:runs].sum())
+
+    return GridworldResult(
+        config=config,
+        steps=np.swapaxes(np.asarray(steps)[:runs], 0, 1),
+        labels=labels[:runs],
+        chosen=np.asarray(chosen)[:runs],
+        phase_seconds=phases,
+        agent_steps={"classify": count(classify_steps), "train": count(train_steps), "test": count(test_steps)},
+        seconds=time.perf_counter() - started,
+    )

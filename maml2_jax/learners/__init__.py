@@ -1,0 +1,1 @@
+"""Learners: the tabular SARSA learner of the published experiment."""

@@ -1,0 +1,345 @@
+r"""The generic MAML² core: category meta-learning, the outer loop, re-adaptation.
+
+Knows nothing of grids or Q-tables: only a :class:`~maml2_jax.learner.Learner`,
+parameter pytrees and tasks as arrays.
+
+**Double meta-learning** (DESIGN §1.1), for categories :math:`C_1..C_N`:
+
+.. code-block:: text
+
+   θ ← θ_init
+   repeat K_out times:
+     for c = 1..N (in order):                       # "sequential" mode
+       θ_c ← θ
+       repeat K_in times (stop early when ‖step‖ < tol):
+         T ~ U(C_c);  θ' ← Adapt(θ_c, T, E)
+         θ_c ← θ_c + (β/|C_c|)(θ' − θ_c)             # CatMeta: a Reptile step
+       θ ← θ + (1/N)(θ_c − θ)
+
+"parallel" mode starts every θ_c of an outer iteration from the same θ and then moves
+θ ← (1/N) Σ_c θ_c. MAML is the same loop with one category holding every task
+(:func:`maml`).
+
+The sequential loop is one lane-batched state machine (:class:`MetaState`): every run
+advances its current adaptation one tick at a time, and a run whose adaptation just
+finished takes its meta-step in the same loop iteration. The whole meta-training of
+all runs is therefore a single ``while_loop`` as long as the *slowest run*, not a
+nest of loops each as long as its slowest lane.
+
+Keys: adaptation ``i`` of category ``c`` in outer iteration ``k`` uses
+``fold_in(key, (k·N + c)·K_in + i)`` in both modes; that one counter makes N = 1 with
+(K_out, K_in) identical to MAML with K_out·K_in iterations.
+
+**Re-adaptation** on a new task: θ₁ = Adapt(θ, T, 1), then the *update tendency*
+
+.. math:: c^* = \arg\min_c \; ‖θ_1 − θ_c‖ − ‖θ − θ_c‖,
+
+reset the parameters to θ_{c*} and go on adapting with the same agent (its exploration
+schedule continues).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from maml2_jax import adaptation
+from maml2_jax import meta_updates
+from maml2_jax.errors import ConfigError
+from maml2_jax.learner import Agent, Learner, Params, Task
+
+OUTER_MODES = ("sequential", "parallel")
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+    """How a set of categories is meta-trained.
+
+    Attributes:
+      outer_iterations: K_out, passes over all categories.
+      inner_iterations: K_in, CatMeta steps per category per pass.
+      adapt_episodes: E, episodes of each Adapt inside CatMeta.
+      beta: β of the category step β/|C|.
+      stop_tolerance: CatMeta stops early once a step's norm is below this.
+      outer_update: "sequential" (the published rule: each category starts from the
+        θ moved by the previous ones) or "parallel" (all from the same θ, then the mean).
+    """
+
+    outer_iterations: int
+    inner_iterations: int
+    adapt_episodes: int = 5
+    beta: float = 1.0
+    stop_tolerance: float = 1e-5
+    outer_update: str = "sequential"
+
+    def __post_init__(self):
+        for name in ("outer_iterations", "inner_iterations", "adapt_episodes"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name.replace('_', ' ')} must be a positive integer, got {value}")
+        if self.beta <= 0:
+            raise ConfigError(f"beta must be positive, got {self.beta}")
+        if self.stop_tolerance < 0:
+            raise ConfigError(f"stop tolerance must be non-negative, got {self.stop_tolerance}")
+        if self.outer_update not in OUTER_MODES:
+            raise ConfigError(f"outer update must be one of {', '.join(OUTER_MODES)}, got {self.outer_update!r}")
+
+
+class MetaState(NamedTuple):
+    """Meta-training of one run (one lane), mid-flight.
+
+    Attributes:
+      agent: the adaptation in progress.
+      task: its task.
+      theta: global meta-parameters θ.
+      theta_c: the category parameters being meta-learned now.
+      category_params: ``[N, ...]`` the latest θ_c of every category.
+      outer, category, inner: the position (k, c, i) in the schedule.
+      num_categories: this lane's N (its non-empty categories come first).
+      outer_iterations, inner_iterations: this lane's K_out and K_in.
+      key_offset: added to the adaptation counter (the parallel mode's lanes use it).
+      done: the schedule is complete.
+      ticks: learner ticks spent so far (work done, for throughput figures).
+      key: the run's meta-training key.
+    """
+
+    agent: Agent
+    task: Task
+    theta: Params
+    theta_c: Params
+    category_params: Params
+    outer: jax.Array
+    category: jax.Array
+    inner: jax.Array
+    num_categories: jax.Array
+    outer_iterations: jax.Array
+    inner_iterations: jax.Array
+    key_offset: jax.Array
+    done: jax.Array
+    ticks: jax.Array
+    key: jax.Array
+
+
+def adaptation_key(key: jax.Array, counter: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``(task-draw key, agent key)`` of the adaptation numbered ``counter``."""
+    k_task, k_agent = jax.random.split(jax.random.fold_in(key, counter))
+    return k_task, k_agent
+
+
+def _take(tree, index):
+    return jax.tree.map(lambda x: x[index], tree)
+
+
+def _select(pred, on_true, on_false):
+    """Per-lane ``where`` over two lane-batched pytrees."""
+
+    def pick(a, b):
+        return jnp.where(pred.reshape(pred.shape + (1,) * (a.ndim - 1)), a, b)
+
+    return jax.tree.map(pick, on_true, on_false)
+
+
+def _start_adaptation(learner: Learner, state: MetaState, members, tasks) -> MetaState:
+    """Draws a task of the current category and starts ``Adapt(θ_c, T, ·)`` (one lane)."""
+    counter = state.key_offset + (state.outer * state.num_categories + state.category) * state.inner_iterations
+    k_task, k_agent = adaptation_key(state.key, counter + state.inner)
+    logits = jnp.where(members[state.category], 0.0, -jnp.inf)
+    task = _take(tasks, jax.random.categorical(k_task, logits))
+    return state._replace(agent=learner.start(state.theta_c, task, k_agent), task=task)
+
+
+def _on_adapted(learner: Learner, beta: float, stop_tolerance: float, state: MetaState, members, tasks) -> MetaState:
+    """The meta-step after an adaptation finished, then the next adaptation (one lane)."""
+    size = jnp.sum(members[state.category]).astype(jnp.float32)
+    theta_c, step_norm = meta_updates.reptile_step(state.theta_c, learner.params(state.agent), beta / size)
+    inner = state.inner + 1
+    category_done = (inner >= state.inner_iterations) | (step_norm < stop_tolerance)
+
+    def if_done(new, old):
+        return jax.tree.map(lambda a, b: jnp.where(category_done, a, b), new, old)
+
+    theta = if_done(meta_updates.interpolate(state.theta, theta_c, 1.0 / state.num_categories), state.theta)
+    category_params = jax.tree.map(
+        lambda stack, new: stack.at[state.category].set(jnp.where(category_done, new, stack[state.category])),
+        state.category_params,
+        theta_c,
+    )
+    next_category = jnp.where(category_done, state.category + 1, state.category)
+    wraps = next_category >= state.num_categories
+    outer = state.outer + wraps.astype(jnp.int32)
+    state = state._replace(
+        theta=theta,
+        theta_c=if_done(theta, theta_c),
+        category_params=category_params,
+        outer=outer,
+        category=jnp.where(wraps, 0, next_category),
+        inner=jnp.where(category_done, 0, inner),
+        done=outer >= state.outer_iterations,
+    )
+    return _start_adaptation(learner, state, members, tasks)
+
+
+def run_schedules(learner: Learner, theta, members, tasks, keys, outer_iterations, inner_iterations,
+                  adapt_episodes: int = 5, beta: float = 1.0, stop_tolerance: float = 1e-5,
+                  key_offset=None) -> MetaState:
+    """Sequential meta-training of every lane, each with its own schedule, in one loop.
+
+    Lanes may mix schedules (MAML², MAML): a lane's N is its number of non-empty
+    categories, which must come first in ``members``.
+
+    Args:
+      theta: ``[L, ...]`` start θ of each lane.
+      members: ``[L, N_max, T]`` bool category membership.
+      tasks: ``[L, T, ...]`` each lane's task set.
+      keys: ``[L]`` meta-training keys.
+      outer_iterations, inner_iterations: ``[L]`` or scalar K_out and K_in.
+      adapt_episodes, beta, stop_tolerance: E, β and the early-stop tolerance.
+      key_offset: ``[L]`` offsets of the adaptation counter (default 0).
+
+    Returns:
+      The final ``[L]`` :class:`MetaState` (``theta``, ``category_params``).
+    """
+    lanes, max_categories = members.shape[:2]
+
+    def per_lane(x):
+        return jnp.broadcast_to(jnp.asarray(x, jnp.int32), (lanes,))
+
+    state = MetaState(
+        agent=None,
+        task=None,
+        theta=theta,
+        theta_c=theta,
+        category_params=jax.tree.map(lambda x: jnp.repeat(x[:, None], max_categories, axis=1), theta),
+        outer=per_lane(0),
+        category=per_lane(0),
+        inner=per_lane(0),
+        num_categories=jnp.sum(jnp.any(members, axis=-1), axis=-1).astype(jnp.int32),
+        outer_iterations=per_lane(outer_iterations),
+        inner_iterations=per_lane(inner_iterations),
+        key_offset=per_lane(0 if key_offset is None else key_offset),
+        done=jnp.zeros((lanes,), bool),
+        ticks=per_lane(0),
+        key=keys,
+    )
+    state = jax.vmap(functools.partial(_start_adaptation, learner))(state, members, tasks)
+    on_adapted = functools.partial(_on_adapted, learner, beta, stop_tolerance)
+    tick = jax.vmap(learner.tick)
+    episodes = jax.vmap(learner.episodes)
+
+    def meta_step_one(carry):
+        # The meta-step touches whole parameter tables, so it runs on the one lane
+        # that needs it (rarely more than one per tick), not masked over all lanes.
+        state, pending = carry
+        lane = jnp.argmax(pending)
+        new = on_adapted(_take(state, lane), members[lane], _take(tasks, lane))
+        state = jax.tree.map(lambda x, y: x.at[lane].set(y), state, new)
+        return state, pending.at[lane].set(False)
+
+    def body(state: MetaState) -> MetaState:
+        state = state._replace(agent=tick(state.agent, state.task, ~state.done), ticks=state.ticks + ~state.done)
+        adapted = ~state.done & (episodes(state.agent) >= adapt_episodes)
+        state, _ = jax.lax.while_loop(lambda c: jnp.any(c[1]), meta_step_one, (state, adapted))
+        return state
+
+    return jax.lax.while_loop(lambda s: jnp.any(~s.done), body, state)
+
+
+def meta_train(learner: Learner, schedule: Schedule, theta, members, tasks, keys) -> tuple[Params, Params]:
+    """MAML² meta-training of every run (lane-batched, jit-able with ``schedule`` static).
+
+    Args:
+      learner: the learner.
+      schedule: K_out, K_in, E, β, tolerance and the outer-update mode.
+      theta: ``[R, ...]`` initial θ per run.
+      members: ``[R, N, T]`` bool; ``members[r, c, t]`` says task t is in category c.
+        Every category must be non-empty.
+      tasks: ``[R, T, ...]`` the training tasks of every run.
+      keys: ``[R]`` meta-training keys.
+
+    Returns:
+      ``(θ [R, ...], θ_c [R, N, ...])``: the meta-parameters and the latest category
+      parameters.
+    """
+    runs, num_categories, num_tasks = members.shape
+    common = dict(adapt_episodes=schedule.adapt_episodes, beta=schedule.beta, stop_tolerance=schedule.stop_tolerance)
+    if schedule.outer_update == "sequential":
+        state = run_schedules(
+            learner, theta, members, tasks, keys, schedule.outer_iterations, schedule.inner_iterations, **common
+        )
+        return state.theta, state.category_params
+
+    # Parallel: each outer iteration runs all R·N categories as lanes from the same θ.
+    def repeat(x):
+        return jnp.repeat(x, num_categories, axis=0)
+
+    lane_members = members.reshape(runs * num_categories, 1, num_tasks)
+    lane_tasks = jax.tree.map(repeat, tasks)
+    lane_keys = repeat(keys)
+    lane_category = jnp.tile(jnp.arange(num_categories, dtype=jnp.int32), runs)
+
+    def outer_step(k, carry):
+        theta, _ = carry
+        offset = (k * num_categories + lane_category) * schedule.inner_iterations
+        state = run_schedules(
+            learner, jax.tree.map(repeat, theta), lane_members, lane_tasks, lane_keys, 1,
+            schedule.inner_iterations, key_offset=offset, **common,
+        )
+        category_params = jax.tree.map(lambda x: x.reshape((runs, num_categories) + x.shape[1:]), state.theta)
+        return jax.vmap(meta_updates.mean_over_categories)(category_params), category_params
+
+    stack = jax.tree.map(lambda x: jnp.repeat(x[:, None], num_categories, axis=1), theta)
+    return jax.lax.fori_loop(0, schedule.outer_iterations, outer_step, (theta, stack))
+
+
+def maml(learner: Learner, iterations: int, theta, tasks, keys, adapt_episodes: int = 5, beta: float = 1.0,
+         stop_tolerance: float = 1e-5) -> Params:
+    """The MAML baseline: CatMeta over all tasks, i.e. MAML² with one category.
+
+    Args:
+      iterations: meta-iterations (3000 in the published baseline).
+      theta: ``[R, ...]`` initial parameters; tasks ``[R, T, ...]``; keys ``[R]``.
+
+    Returns:
+      ``[R, ...]`` meta-parameters.
+    """
+    members = jnp.ones((keys.shape[0], 1, jax.tree.leaves(tasks)[0].shape[1]), bool)
+    state = run_schedules(learner, theta, members, tasks, keys, 1, iterations, adapt_episodes, beta, stop_tolerance)
+    return state.theta
+
+
+def update_tendency(theta, theta_1, category_params) -> jax.Array:
+    """``argmin_c ‖θ₁ − θ_c‖ − ‖θ − θ_c‖``: the category the first update moved towards.
+
+    Single lane: ``category_params`` is ``[N, ...]``.
+    """
+
+    def distance(a, b):
+        return jax.vmap(lambda c: meta_updates.tree_norm(jax.tree.map(jnp.subtract, a, c)))(b)
+
+    return jnp.argmin(distance(theta_1, category_params) - distance(theta, category_params)).astype(jnp.int32)
+
+
+def readapt(learner: Learner, theta, category_params, tasks, keys, episodes: int, reset, reset_after: int = 1):
+    """Adapts every lane for ``episodes`` episodes, resetting by update tendency.
+
+    After ``reset_after`` episodes from θ, lanes with ``reset`` True jump to
+    θ_{c*} and continue; the others (no-reset ablation, baselines) just continue. A
+    lane's first ``reset_after`` episodes are the same with or without reset.
+
+    Args:
+      theta: ``[L, ...]`` start parameters.
+      category_params: ``[L, N, ...]``.
+      tasks: ``[L, ...]``; keys ``[L]``; reset ``[L]`` bool.
+
+    Returns:
+      ``(agents [L], chosen [L] int32)``: the finished agents and c* of each lane.
+    """
+    agents = adaptation.adapt(learner, theta, tasks, keys, reset_after)
+    chosen = jax.vmap(update_tendency)(theta, jax.vmap(learner.params)(agents), category_params)
+    reset_params = jax.vmap(_take)(category_params, chosen)
+    agents = _select(reset, jax.vmap(learner.with_params)(agents, reset_params), agents)
+    return adaptation.run_episodes(learner, agents, tasks, episodes), chosen

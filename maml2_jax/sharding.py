@@ -1,0 +1,73 @@
+"""Spreading independent runs over devices with JAX's own sharding.
+
+Every stage of an experiment is independent across runs, so the run axis is split
+over a 1-D :class:`jax.sharding.Mesh` of all devices with ``shard_map``: each device
+runs its own lanes in its own loops and no collective is needed. The same code runs
+on one CPU, several simulated CPU devices
+(``XLA_FLAGS=--xla_force_host_platform_device_count=N``), a GPU or a TPU slice.
+
+On a CPU host, XLA shows one device for all cores, and the lane loops of this
+project are latency-bound: a single device leaves cores idle. :func:`use_host_cores`
+asks XLA for one CPU device per core; call it before JAX initialises its backends
+(the CLI and the benchmarks do). It changes nothing on GPU/TPU, where the
+accelerator devices are used.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, PartitionSpec
+
+RUN_AXIS = "runs"
+_HOST_FLAG = "--xla_force_host_platform_device_count"
+
+
+def use_host_cores(count: int | None = None) -> None:
+    """Asks XLA for ``count`` CPU devices (default: one per core) unless already set.
+
+    Impure: edits ``XLA_FLAGS`` in ``os.environ``; effective only before JAX's
+    backends start (the first ``jax.devices()`` or computation).
+    """
+    flags = os.environ.get("XLA_FLAGS", "")
+    if _HOST_FLAG in flags:
+        return
+    count = count or os.cpu_count() or 1
+    os.environ["XLA_FLAGS"] = f"{flags} {_HOST_FLAG}={count}".strip()
+
+
+def run_mesh(devices=None) -> Mesh:
+    """A 1-D mesh named ``"runs"`` over ``devices`` (default: all devices)."""
+    devices = jax.devices() if devices is None else devices
+    return Mesh(np.asarray(devices), (RUN_AXIS,))
+
+
+def shard_runs(fn: Callable, mesh: Mesh | None, num_args: int) -> Callable:
+    """Jits ``fn`` with every argument and output split along its leading (run) axis.
+
+    ``fn`` must treat runs independently (it sees only its device's runs). With
+    ``mesh=None`` it is simply jitted.
+    """
+    if mesh is None:
+        return jax.jit(fn)
+    spec = PartitionSpec(RUN_AXIS)
+    return jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=(spec,) * num_args, out_specs=spec, check_vma=False))
+
+
+def pad_runs(tree, multiple: int):
+    """Pads the leading axis of every leaf to a multiple of ``multiple`` by repeating the last run.
+
+    The padded runs are real but redundant work; callers drop them from the outputs.
+    """
+
+    def pad(x):
+        missing = -x.shape[0] % multiple
+        if missing == 0:
+            return x
+        return jnp.concatenate([x, jnp.repeat(x[-1:], missing, axis=0)])
+
+    return jax.tree.map(pad, tree)

@@ -1,0 +1,194 @@
+"""The published tabular experiment end to end (small configurations)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from maml2_jax import clustering, gridworld_experiment, maml2
+from maml2_jax.envs.gridworld import GridWorld
+from maml2_jax.errors import ConfigError
+from maml2_jax.gridworld_experiment import METHODS, GridworldConfig
+
+SMALL = dict(outer_iterations=2, inner_iterations=3, maml_iterations=30, classify_episodes=300)
+
+
+@pytest.fixture(scope="module")
+def small_batch():
+    """The same small experiment with 1 run and with 8 runs."""
+    one = gridworld_experiment.run(GridworldConfig(runs=1, seed=3, **SMALL))
+    eight = gridworld_experiment.run(GridworldConfig(runs=8, seed=3, **SMALL))
+    return one, eight
+
+
+def test_result_shapes_and_ranges(small_batch):
+    _, result = small_batch
+    assert result.steps.shape == (len(METHODS), 8, 10, 10)
+    assert result.labels.shape == (8, 10) and result.chosen.shape == (8, 10)
+    assert result.steps.min() >= 1 and result.steps.max() <= 1000
+    for labels in result.labels:
+        assert set(labels.tolist()) == {0, 1, 2} and labels[0] == 0
+    assert result.chosen.min() >= 0 and result.chosen.max() < 3
+    # MAML² and its no-reset ablation share their first test episode exactly.
+    np.testing.assert_array_equal(result.steps[0, ..., 0], result.steps[1, ..., 0])
+    # …and then part ways somewhere.
+    assert not np.array_equal(result.steps[0], result.steps[1])
+
+
+def test_run_alone_equals_run_in_batch(small_batch):
+    one, eight = small_batch
+    np.testing.assert_array_equal(one.steps[:, 0], eight.steps[:, 0])
+    np.testing.assert_array_equal(one.labels[0], eight.labels[0])
+    np.testing.assert_array_equal(one.chosen[0], eight.chosen[0])
+    # The runs of the batch are independent draws, not copies of run 0.
+    assert not np.array_equal(eight.steps[:, 0], eight.steps[:, 1])
+
+
+def test_parallel_mode_run_alone_equals_run_in_batch():
+    config = dict(SMALL, outer_update="parallel", seed=4)
+    one = gridworld_experiment.run(GridworldConfig(runs=1, **config))
+    three = gridworld_experiment.run(GridworldConfig(runs=3, **config))
+    np.testing.assert_array_equal(one.steps[:, 0], three.steps[:, 0])
+    np.testing.assert_array_equal(one.chosen[0], three.chosen[0])
+
+
+def test_shared_training_loop_equals_separate_training():
+    """``train`` runs MAML² and MAML lanes side by side in one loop; each must equal
+    its own stand-alone meta-training."""
+    config = GridworldConfig(runs=2, seed=1, **SMALL)
+    _, train, _ = gridworld_experiment.build(config)
+    labels = np.array([[0, 0, 1, 1, 1, 0, 1, 1, 1, 2], [0, 1, 0, 1, 1, 1, 1, 1, 1, 2]])
+    members = jnp.asarray(np.stack([clustering.membership(l, 3) for l in labels]))
+    k_maml2 = jax.random.split(jax.random.key(10), 2)
+    k_maml = jax.random.split(jax.random.key(11), 2)
+    theta, category_params, theta_maml = train(members, k_maml2, k_maml)[:3]
+
+    from maml2_jax.learners.sarsa import make_sarsa
+
+    learner = make_sarsa(config.world, config.sarsa, log_episodes=config.test_episodes, track_visits=False)
+    theta0 = jnp.broadcast_to(learner.init_params(), (2, 100, 4))
+    tasks = jnp.broadcast_to(jnp.asarray(config.world.task_array()), (2, 10))
+    alone_theta, alone_cats = maml2.meta_train(learner, config.schedule(), theta0, members, tasks, k_maml2)
+    alone_maml = maml2.maml(learner, config.maml_iterations, theta0, tasks, k_maml)
+    np.testing.assert_array_equal(theta, alone_theta)
+    np.testing.assert_array_equal(category_params, alone_cats)
+    np.testing.assert_array_equal(theta_maml, alone_maml)
+
+
+# --------------------------------------------------------------------------------------
+# Learning sanity: the published qualitative picture at a small, fixed configuration.
+# --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def learned():
+    config = GridworldConfig(
+        runs=4, seed=0, outer_iterations=10, inner_iterations=10, maml_iterations=300, classify_episodes=2000
+    )
+    result = gridworld_experiment.run(config)
+    means = result.steps.mean(axis=-1)  # [method, run, task]: mean over the 10 episodes
+    return result, {
+        method: {"bulk": means[i, :, :9].mean(), "isolated": means[i, :, 9].mean()}
+        for i, method in enumerate(METHODS)
+    }
+
+
+def test_task_9_gets_its_own_category_in_the_experiment(learned):
+    result, _ = learned
+    for labels, chosen in zip(result.labels, result.chosen):
+        assert labels[9] not in labels[:9]
+        # The update tendency sends task 9 to its own category.
+        assert chosen[9] == labels[9]
+
+
+def test_maml_beats_learning_from_scratch_on_the_bulk(learned):
+    _, m = learned
+    # Measured at this config: LFS ≈ 690 steps, MAML ≈ 40–60 on tasks 0..8.
+    assert m["lfs"]["bulk"] > 400
+    assert m["maml"]["bulk"] < 150
+    assert m["lfs"]["bulk"] > 4 * m["maml"]["bulk"]
+
+
+def test_maml_adapts_negatively_on_the_isolated_task(learned):
+    _, m = learned
+    # Task 9 from the MAML init is worse than from scratch (measured ≈ 760 vs ≈ 260).
+    assert m["maml"]["isolated"] > 1.5 * m["lfs"]["isolated"]
+
+
+def test_maml2_beats_maml_on_the_isolated_task(learned):
+    _, m = learned
+    # Measured ≈ 35 (MAML² with reset) vs ≈ 760 (MAML).
+    assert m["maml2"]["isolated"] < 150
+    assert m["maml2"]["isolated"] * 4 < m["maml"]["isolated"]
+
+
+def test_reset_helps_on_the_bulk(learned):
+    _, m = learned
+    # Measured ≈ 125 (reset) vs ≈ 330 (no reset); both far better than LFS.
+    assert m["maml2"]["bulk"] < 0.75 * m["maml2_no_reset"]["bulk"]
+    assert m["maml2"]["bulk"] < 0.5 * m["lfs"]["bulk"]
+
+
+# --------------------------------------------------------------------------------------
+# Config validation
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        (dict(categories=11), "categories"),
+        (dict(categories=0), "categories"),
+        (dict(outer_iterations=0), "outer iterations"),
+        (dict(inner_iterations=-1), "inner iterations"),
+        (dict(maml_iterations=0), "maml iterations"),
+        (dict(classify_episodes=-5), "classify episodes"),
+        (dict(runs=0), "runs"),
+        (dict(adapt_episodes=0), "adapt episodes"),
+        (dict(reset_after=10), "reset_after"),
+        (dict(reset_after=12, test_episodes=10), "reset_after"),
+        (dict(reset_after=0), "reset_after"),
+        (dict(test_episodes=1), "test_episodes"),
+        (dict(outer_update="both"), "outer update"),
+        (dict(groups=((0, 1), ())), "empty"),
+        (dict(groups=((0, 10),)), "10"),
+    ],
+)
+def test_config_errors(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        GridworldConfig(**kwargs)
+
+
+def test_categories_more_than_tasks_of_a_custom_world():
+    world = GridWorld(goals=(39, 90))
+    GridworldConfig(world=world, categories=2)
+    with pytest.raises(ConfigError, match="categories"):
+        GridworldConfig(world=world, categories=3)
+
+
+def test_report_groups():
+    assert GridworldConfig().report_groups() == ((0, 1), (2, 3, 4, 5, 6, 7, 8), (9,))
+    custom = GridworldConfig(world=GridWorld(goals=(39, 90)), categories=2)
+    assert custom.report_groups() == ((0,), (1,))
+
+
+# --------------------------------------------------------------------------------------
+# The published configuration (slow: run with -m slow)
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_published_configuration_qualitative_table():
+    """Default config (K_out 20 × K_in 10, MAML 3000 iterations), 10 runs: the
+    published ordering of DESIGN §1.1's table holds."""
+    result = gridworld_experiment.run(GridworldConfig(runs=10, seed=0))
+    means = result.steps.mean(axis=-1)
+    m = {method: (means[i, :, :9].mean(), means[i, :, 9].mean()) for i, method in enumerate(METHODS)}
+    # Published: MAML 73.5/37.0 | 621.4; MAML² 85.1/96.8 | 14.1; LFS 598.6/721.2 | 259.3.
+    assert m["lfs"][0] > 3 * m["maml"][0]
+    assert m["maml"][1] > m["lfs"][1]  # negative adaptation on the isolated task
+    assert m["maml2"][1] * 5 < m["maml"][1]
+    assert m["maml2"][0] < m["maml2_no_reset"][0]
+    assert m["maml2"][0] < 0.5 * m["lfs"][0]
