@@ -28,7 +28,7 @@ import numpy as np
 
 from maml2_jax import adaptation, clustering, maml2, sharding
 from maml2_jax.envs.gridworld import PUBLISHED_GOALS, PUBLISHED_GROUPS, GridWorld
-from maml2_jax.errors import ConfigError
+from maml2_jax.errors import ConfigError, check_positive_int
 from maml2_jax.learners.sarsa import SarsaConfig, make_sarsa
 
 METHODS = ("maml2", "maml2_no_reset", "maml", "lfs")
@@ -76,10 +76,10 @@ class GridworldConfig:
     groups: tuple[tuple[int, ...], ...] | None = None
 
     def __post_init__(self):
-        for name in ("runs", "classify_episodes", "maml_iterations"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{name.replace('_', ' ')} must be a positive integer, got {value}")
+        for name in ("runs", "categories", "classify_episodes", "maml_iterations", "test_episodes", "reset_after"):
+            check_positive_int(name.replace("_", " "), getattr(self, name))
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ConfigError(f"seed must be an integer, got {self.seed!r}")
         num_tasks = self.world.num_tasks
         if not 1 <= self.categories <= num_tasks:
             raise ConfigError(f"categories must be between 1 and the number of tasks ({num_tasks}), got {self.categories}")

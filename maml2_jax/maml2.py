@@ -49,7 +49,7 @@ import jax.numpy as jnp
 
 from maml2_jax import adaptation
 from maml2_jax import meta_updates
-from maml2_jax.errors import ConfigError
+from maml2_jax.errors import ConfigError, check_positive_int
 from maml2_jax.learner import Agent, Learner, Params, Task
 
 OUTER_MODES = ("sequential", "parallel")
@@ -78,9 +78,7 @@ class Schedule:
 
     def __post_init__(self):
         for name in ("outer_iterations", "inner_iterations", "adapt_episodes"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{name.replace('_', ' ')} must be a positive integer, got {value}")
+            check_positive_int(name.replace("_", " "), getattr(self, name))
         if self.beta <= 0:
             raise ConfigError(f"beta must be positive, got {self.beta}")
         if self.stop_tolerance < 0:

@@ -11,6 +11,7 @@ from maml2_jax import clustering, gridworld_experiment, maml2
 from maml2_jax.envs.gridworld import GridWorld
 from maml2_jax.errors import ConfigError
 from maml2_jax.gridworld_experiment import METHODS, GridworldConfig
+from maml2_jax.learners.sarsa import make_sarsa
 
 SMALL = dict(outer_iterations=2, inner_iterations=3, maml_iterations=30, classify_episodes=300)
 
@@ -64,8 +65,6 @@ def test_shared_training_loop_equals_separate_training():
     k_maml2 = jax.random.split(jax.random.key(10), 2)
     k_maml = jax.random.split(jax.random.key(11), 2)
     theta, category_params, theta_maml = train(members, k_maml2, k_maml)[:3]
-
-    from maml2_jax.learners.sarsa import make_sarsa
 
     learner = make_sarsa(config.world, config.sarsa, log_episodes=config.test_episodes, track_visits=False)
     theta0 = jnp.broadcast_to(learner.init_params(), (2, 100, 4))
@@ -149,7 +148,10 @@ def test_reset_helps_on_the_bulk(learned):
         (dict(adapt_episodes=0), "adapt episodes"),
         (dict(reset_after=10), "reset_after"),
         (dict(reset_after=12, test_episodes=10), "reset_after"),
-        (dict(reset_after=0), "reset_after"),
+        (dict(reset_after=0), "reset.after"),
+        (dict(test_episodes=10.5), "test episodes"),
+        (dict(categories=2.0), "categories"),
+        (dict(runs=True), "runs"),
         (dict(test_episodes=1), "test_episodes"),
         (dict(outer_update="both"), "outer update"),
         (dict(groups=((0, 1), ())), "empty"),
@@ -180,15 +182,31 @@ def test_report_groups():
 
 
 @pytest.mark.slow
-def test_published_configuration_qualitative_table():
-    """Default config (K_out 20 × K_in 10, MAML 3000 iterations), 10 runs: the
-    published ordering of DESIGN §1.1's table holds."""
-    result = gridworld_experiment.run(GridworldConfig(runs=10, seed=0))
-    means = result.steps.mean(axis=-1)
-    m = {method: (means[i, :, :9].mean(), means[i, :, 9].mean()) for i, method in enumerate(METHODS)}
-    # Published: MAML 73.5/37.0 | 621.4; MAML² 85.1/96.8 | 14.1; LFS 598.6/721.2 | 259.3.
-    assert m["lfs"][0] > 3 * m["maml"][0]
-    assert m["maml"][1] > m["lfs"][1]  # negative adaptation on the isolated task
-    assert m["maml2"][1] * 5 < m["maml"][1]
-    assert m["maml2"][0] < m["maml2_no_reset"][0]
-    assert m["maml2"][0] < 0.5 * m["lfs"][0]
+def test_published_experiment_50_runs():
+    """The full published protocol (50 runs, default config) against DESIGN §1.1's table.
+
+    The configuration behind the published figure is not recorded, so only LFS (which
+    does not depend on it) is held close to the published numbers; the meta-learners
+    are held to the published *picture* with wide margins.
+    """
+    result = gridworld_experiment.run(GridworldConfig(runs=50, seed=0))
+    groups = ((0, 1), (2, 3, 4, 5, 6, 7, 8), (9,))
+    mean = {m: [result.steps[i][:, list(g)].mean() for g in groups] for i, m in enumerate(METHODS)}
+    first = {m: [result.steps[i][:, list(g), 0].mean() for g in groups] for i, m in enumerate(METHODS)}
+
+    # LFS: published 598.6 / 721.2 / 259.3.
+    np.testing.assert_allclose(mean["lfs"], [598.6, 721.2, 259.3], rtol=0.15)
+    # MAML: published 73.5 / 37.0 / 621.4 — good on the bulk, negative adaptation on task 9.
+    assert mean["maml"][0] < 200 and mean["maml"][1] < 100
+    assert mean["maml"][2] > 300 and mean["maml"][2] > 1.3 * mean["lfs"][2]
+    # MAML²: published 85.1 / 96.8 / 14.1; its first episode (from θ) ≈ 480–560 on the bulk.
+    assert max(mean["maml2"][:2]) < 250
+    assert mean["maml2"][2] < 60
+    for g in (0, 1):
+        assert 350 < first["maml2"][g] < 700
+    # Without reset: published 107.5 / 134.9 / 19.1, worse than with reset on the bulk.
+    assert mean["maml2_no_reset"][0] > mean["maml2"][0] and mean["maml2_no_reset"][1] > mean["maml2"][1]
+    # Task 9 is isolated by k-means and the update tendency sends it to its category.
+    alone = np.array([labels[9] not in labels[:9] for labels in result.labels])
+    assert alone.mean() >= 0.9
+    assert (result.chosen[:, 9] == result.labels[:, 9]).mean() >= 0.9

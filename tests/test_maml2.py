@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from maml2_jax import adaptation, maml2, meta_updates
+from maml2_jax import maml2, meta_updates
 from maml2_jax.errors import ConfigError
 from maml2_jax.learners.sarsa import make_sarsa
 
@@ -81,6 +81,68 @@ def test_two_categories_differ_from_maml(learner, setup, maml_theta, mode):
     schedule = maml2.Schedule(K_OUT, K_IN, outer_update=mode)
     theta, _ = meta_train_jit(learner, schedule, theta0, split_members(RUNS, 10, 9), tasks, keys)
     assert not np.array_equal(np.asarray(theta), maml_theta)
+
+
+# --------------------------------------------------------------------------------------
+# CatMeta: K_in Reptile steps θ_c ← θ_c + (β/|C|)(Adapt(θ_c, T, E) − θ_c)
+# --------------------------------------------------------------------------------------
+
+
+def _chained_reptile(learner, theta, goal, key, counters, step):
+    """The CatMeta loop by hand; adaptation i uses ``adaptation_key(key, counters[i])``."""
+    for counter in counters:
+        _, k_agent = maml2.adaptation_key(key, counter)
+        adapted = adapt_jit(learner, theta[None], jnp.asarray([goal], jnp.int32), k_agent[None], 5).q[0]
+        theta = theta + step * (adapted - theta)
+    return theta
+
+
+def test_catmeta_one_task_category_copies_adapted_params(learner):
+    """Category {task 1} out of three tasks: every step adapts on goal 90 and β/|C| = 1."""
+    key = jax.random.key(5)
+    theta0 = learner.init_params()
+    state = run_schedules_jit(
+        learner, theta0[None], jnp.asarray([[[False, True, False]]]), jnp.asarray([[39, 90, 77]], jnp.int32),
+        key[None], 1, 3, adapt_episodes=5,
+    )
+    expected = _chained_reptile(learner, theta0, 90, key, range(3), 1.0)
+    np.testing.assert_array_equal(state.theta[0], expected)
+    np.testing.assert_array_equal(state.category_params[0, 0], expected)
+    assert np.abs(np.asarray(expected) - 0.5).max() > 1e-2
+
+
+def test_catmeta_step_is_scaled_by_category_size(learner):
+    """β = 1, |C| = 2 (both members have goal 90, so the draw does not matter): step ½."""
+    key = jax.random.key(6)
+    theta0 = learner.init_params()
+    state = run_schedules_jit(
+        learner, theta0[None], jnp.asarray([[[True, True, False]]]), jnp.asarray([[90, 90, 39]], jnp.int32),
+        key[None], 1, 3, adapt_episodes=5,
+    )
+    np.testing.assert_array_equal(state.theta[0], _chained_reptile(learner, theta0, 90, key, range(3), 0.5))
+    # β = 0.5 halves it again.
+    state = jax.jit(maml2.run_schedules, static_argnums=(0,), static_argnames=("adapt_episodes", "beta"))(
+        learner, theta0[None], jnp.asarray([[[True, True, False]]]), jnp.asarray([[90, 90, 39]], jnp.int32),
+        key[None], 1, 3, adapt_episodes=5, beta=0.5,
+    )
+    np.testing.assert_array_equal(state.theta[0], _chained_reptile(learner, theta0, 90, key, range(3), 0.25))
+
+
+def test_catmeta_early_stop(learner):
+    """A step smaller than the tolerance ends CatMeta: with a huge tolerance every
+    CatMeta is one step. MAML then stops for good; MAML² with N = 1 goes on with its
+    next outer iteration (adaptation counter k·K_in) — the one case where MAML and
+    MAML² with one category part ways."""
+    key = jax.random.key(7)
+    theta0 = learner.init_params()
+    members, tasks = jnp.asarray([[[True]]]), jnp.asarray([[90]], jnp.int32)
+    maml_theta = jax.jit(maml2.maml, static_argnums=(0, 1), static_argnames=("stop_tolerance",))(
+        learner, 4, theta0[None], tasks, key[None], stop_tolerance=1e9
+    )
+    np.testing.assert_array_equal(maml_theta[0], _chained_reptile(learner, theta0, 90, key, [0], 1.0))
+    schedule = maml2.Schedule(2, 4, stop_tolerance=1e9)
+    theta, _ = meta_train_jit(learner, schedule, theta0[None], members, tasks, key[None])
+    np.testing.assert_array_equal(theta[0], _chained_reptile(learner, theta0, 90, key, [0, 4], 1.0))
 
 
 # --------------------------------------------------------------------------------------

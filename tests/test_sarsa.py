@@ -187,8 +187,6 @@ def test_greedy_hand_worked_updates(line_world):
     agent = learner.start(jnp.asarray(q0), jnp.int32(2), jax.random.key(0))
     tick = jax.jit(learner.tick)
     goal, on = jnp.int32(2), jnp.bool_(True)
-    f32 = np.float32
-    alpha, gamma = f32(0.1), f32(0.99)
 
     # t0: at 0 choose right, move to 1; nothing to update yet.
     agent = tick(agent, goal, on)

@@ -16,7 +16,7 @@ import dataclasses
 
 import numpy as np
 
-from maml2_jax.errors import ConfigError
+from maml2_jax.errors import ConfigError, check_positive_int
 
 NUM_ACTIONS = 4
 # (row, col) offsets of up, down, left, right.
@@ -52,8 +52,12 @@ class GridWorld:
     def __post_init__(self):
         object.__setattr__(self, "walls", tuple(int(w) for w in self.walls))
         object.__setattr__(self, "goals", tuple(int(g) for g in self.goals))
-        if self.rows < 1 or self.cols < 1:
-            raise ConfigError(f"grid must be at least 1x1, got {self.rows}x{self.cols}")
+        for name in ("rows", "cols", "start", "max_steps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"{name.replace('_', ' ')} must be an integer, got {value!r}")
+        check_positive_int("rows", self.rows)
+        check_positive_int("cols", self.cols)
         n = self.num_states
         for w in self.walls:
             if not 0 <= w < n:
@@ -71,8 +75,7 @@ class GridWorld:
                 raise ConfigError(f"goal cell {g} is a wall")
             if g == self.start:
                 raise ConfigError(f"goal cell {g} is the start cell")
-        if self.max_steps < 1:
-            raise ConfigError(f"max_steps must be positive, got {self.max_steps}")
+        check_positive_int("max steps", self.max_steps)
         reachable = _reachable(self.next_cell_table(), self.start)
         for g in self.goals:
             if not reachable[g]:

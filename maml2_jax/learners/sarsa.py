@@ -16,7 +16,9 @@ action choice. A normal tick chooses ``a`` at the current cell, completes the pe
 transition's update with ``Q(s, a)``, then moves. After a cut, one extra *flush* tick
 chooses at the last cell, completes the update and ends the episode without moving.
 This reproduces the order of draws and updates of the plain loop
-(:func:`reference_adapt` in the tests), step for step.
+(``reference_adapt`` in the tests), step for step. Float rounding is the compiler's:
+XLA on CPU fuses ``γ·Q(s′,a′) − Q(s,a)`` into one multiply-add (one rounding instead
+of two), so bit-identical Q-tables are promised only on the same backend.
 
 Randomness: the ``t``-th action choice of an adaptation uses the two 32-bit words of
 ``fold_in(key, t)`` (:func:`draw`): ``u = w0 / 2^32`` for the ε test and ``w1 mod 4``
