@@ -7,6 +7,11 @@ meta-training, tests). Prints a table and writes JSON.
 
     python benchmarks/gridworld.py                # the published 50-run default
     python benchmarks/gridworld.py --runs 10 --out bench.json
+
+``--numpy-runs K`` (default 2) also times K runs of the plain NumPy/Python
+implementation in ``benchmarks/numpy_reference.py`` on the same machine, in the
+same invocation, and reports the speed-up for the whole experiment
+(NumPy seconds per run × runs, against ours with and without compilation).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
 
 from maml2_jax import sharding
@@ -35,6 +41,7 @@ def main():
     parser.add_argument("--runs", type=int, default=50)
     parser.add_argument("--maml-iterations", type=int, default=GridworldConfig.maml_iterations)
     parser.add_argument("--repeats", type=int, default=3, help="timed repetitions after compiling (median)")
+    parser.add_argument("--numpy-runs", type=int, default=2, help="runs of the NumPy reference to time (0: skip)")
     parser.add_argument("--out", default="benchmarks/gridworld.json")
     args = parser.parse_args()
 
@@ -114,6 +121,25 @@ def main():
     for k, v in result["median_phase_seconds"].items():
         print(f"    {k:<10} {v:8.2f} s")
     print(f"  agent steps        {total_steps:,}  ->  {result['agent_steps_per_second']:,.0f} steps/s")
+    if args.numpy_runs > 0:
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        import numpy_reference  # noqa: E402  (beside this file)
+
+        reference = [numpy_reference.one_run(config, seed) for seed in range(args.numpy_runs)]
+        per_run = statistics.median(r["total"] for r in reference)
+        whole = per_run * config.runs
+        result["numpy_reference"] = {
+            "runs_timed": args.numpy_runs,
+            "median_seconds_per_run": per_run,
+            "median_stage_seconds": {k: statistics.median(r[k] for r in reference) for k in reference[0]},
+            "extrapolated_experiment_seconds": whole,
+            "speedup_with_compile": whole / first_call_seconds,
+            "speedup_without_compile": whole / median,
+        }
+        print(f"  NumPy reference    {per_run:8.2f} s per run  ->  {whole:,.0f} s for {config.runs} runs")
+        print(f"    stages: " + ", ".join(f"{k} {v:.2f} s" for k, v in result['numpy_reference']['median_stage_seconds'].items()))
+        print(f"  speed-up           {whole / first_call_seconds:6.1f}x with compilation, "
+              f"{whole / median:6.1f}x without")
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1)

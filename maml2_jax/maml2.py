@@ -53,6 +53,9 @@ from maml2_jax.errors import ConfigError, check_positive_int
 from maml2_jax.learner import Agent, Learner, Params, Task
 
 OUTER_MODES = ("sequential", "parallel")
+# Learner ticks per iteration of the meta-training loop (2 measured ~10% faster than
+# 1 on a 2-core CPU; 3 and 4 were no better).
+TICKS_PER_ITERATION = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -238,7 +241,15 @@ def run_schedules(learner: Learner, theta, members, tasks, keys, outer_iteration
         return state, pending.at[lane].set(False)
 
     def body(state: MetaState) -> MetaState:
-        state = state._replace(agent=tick(state.agent, state.task, ~state.done), ticks=state.ticks + ~state.done)
+        # Several ticks per loop iteration amortise the loop's fixed cost; a lane
+        # whose adaptation completes idles through the rest until its meta-step.
+        agent, ticks = state.agent, state.ticks
+        active = ~state.done
+        for _ in range(TICKS_PER_ITERATION):
+            agent = tick(agent, state.task, active)
+            ticks = ticks + active
+            active = active & (episodes(agent) < adapt_episodes)
+        state = state._replace(agent=agent, ticks=ticks)
         adapted = ~state.done & (episodes(state.agent) >= adapt_episodes)
         state, _ = jax.lax.while_loop(lambda c: jnp.any(c[1]), meta_step_one, (state, adapted))
         return state
