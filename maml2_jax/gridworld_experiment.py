@@ -177,7 +177,7 @@ def build(config: GridworldConfig, mesh: jax.sharding.Mesh | None = None):
         return features, agents.choices.reshape(runs, num_tasks)
 
     def train(members, k_maml2, k_maml):
-        runs, num_categories = members.shape[:2]
+        runs = members.shape[0]
         theta0 = lanes_of(learner.init_params(), runs)
         tasks = lanes_of(goals, runs)
         common = dict(adapt_episodes=config.adapt_episodes, beta=config.beta, stop_tolerance=config.stop_tolerance)
