@@ -18,16 +18,16 @@ SMALL = dict(outer_iterations=2, inner_iterations=3, maml_iterations=30, classif
 
 @pytest.fixture(scope="module")
 def small_batch():
-    """The same small experiment with 1 run and with 8 runs."""
+    """The same small experiment with 1 run and with 50 runs (the default batch)."""
     one = gridworld_experiment.run(GridworldConfig(runs=1, seed=3, **SMALL))
-    eight = gridworld_experiment.run(GridworldConfig(runs=8, seed=3, **SMALL))
-    return one, eight
+    batch = gridworld_experiment.run(GridworldConfig(runs=50, seed=3, **SMALL))
+    return one, batch
 
 
 def test_result_shapes_and_ranges(small_batch):
     _, result = small_batch
-    assert result.steps.shape == (len(METHODS), 8, 10, 10)
-    assert result.labels.shape == (8, 10) and result.chosen.shape == (8, 10)
+    assert result.steps.shape == (len(METHODS), 50, 10, 10)
+    assert result.labels.shape == (50, 10) and result.chosen.shape == (50, 10)
     assert result.steps.min() >= 1 and result.steps.max() <= 1000
     for labels in result.labels:
         assert set(labels.tolist()) == {0, 1, 2} and labels[0] == 0
@@ -39,12 +39,12 @@ def test_result_shapes_and_ranges(small_batch):
 
 
 def test_run_alone_equals_run_in_batch(small_batch):
-    one, eight = small_batch
-    np.testing.assert_array_equal(one.steps[:, 0], eight.steps[:, 0])
-    np.testing.assert_array_equal(one.labels[0], eight.labels[0])
-    np.testing.assert_array_equal(one.chosen[0], eight.chosen[0])
+    one, batch = small_batch
+    np.testing.assert_array_equal(one.steps[:, 0], batch.steps[:, 0])
+    np.testing.assert_array_equal(one.labels[0], batch.labels[0])
+    np.testing.assert_array_equal(one.chosen[0], batch.chosen[0])
     # The runs of the batch are independent draws, not copies of run 0.
-    assert not np.array_equal(eight.steps[:, 0], eight.steps[:, 1])
+    assert not np.array_equal(batch.steps[:, 0], batch.steps[:, 1])
 
 
 def test_parallel_mode_run_alone_equals_run_in_batch():
