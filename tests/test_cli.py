@@ -1,0 +1,66 @@
+"""`maml2 gridworld`: outputs on a tiny run, one-line errors and nothing written on bad input."""
+
+import json
+import os
+
+import pytest
+
+from maml2_jax import cli
+
+TINY = ["--runs", "2", "--outer-iterations", "2", "--inner-iterations", "2", "--maml-iterations", "20",
+        "--classify-episodes", "200", "--quiet"]
+
+
+def test_tiny_run_writes_summary_and_figure(tmp_path, capsys):
+    out = tmp_path / "nested" / "out"
+    assert cli.main(["gridworld", "--out", str(out), *TINY]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["groups"] == {"0": [0, 1], "1": [2, 3, 4, 5, 6, 7, 8], "2": [9]}
+    methods = {"maml2", "maml2_no_reset", "maml", "lfs"}
+    for key in ("mean_steps", "curves", "per_task"):
+        assert set(summary[key]) == methods
+    assert len(summary["curves"]["maml2"]["2"]) == 10
+    assert set(summary["per_task"]["lfs"]) == {str(t) for t in range(10)}
+    assert len(summary["categories"]) == 2 and len(summary["categories"][0]) == 10
+    assert summary["config"]["runs"] == 2 and summary["seconds"] > 0
+    # The table's numbers are the summary's.
+    table = capsys.readouterr().out
+    assert f"{summary['mean_steps']['lfs']['1']:.1f}" in table
+    assert (out / "adaptation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(os.listdir(out)) == ["adaptation.png", "summary.json"]  # no temporary files left
+
+
+def test_custom_maze_defaults_to_a_group_per_task(tmp_path):
+    out = tmp_path / "maze"
+    argv = ["gridworld", "--out", str(out), "--rows", "4", "--cols", "4", "--walls", "5,6", "--goals", "3,12,15",
+            "--categories", "2", *TINY]
+    assert cli.main(argv) == 0
+    assert json.loads((out / "summary.json").read_text())["groups"] == {"0": [0], "1": [1], "2": [2]}
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--categories", "11"], "categories"),
+        (["--goals", "2"], "goal cell 2 is a wall"),
+        (["--goals", "39,100"], "goal cell 100 is off"),
+        (["--outer-iterations", "0"], "outer iterations"),
+        (["--maml-iterations", "-5"], "maml iterations"),
+        (["--runs", "x"], "--runs"),
+        (["--groups", "0,1;x"], "group"),
+    ],
+)
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, args, message):
+    out = tmp_path / "out"
+    assert cli.main(["gridworld", "--out", str(out), *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("maml2: error:") and message in err and "\n" not in err
+    assert not out.exists()
+
+
+def test_unwritable_output_is_refused(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    assert cli.main(["gridworld", "--out", str(blocker / "out"), *TINY]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "not writable" in err and "\n" not in err
