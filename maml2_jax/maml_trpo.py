@@ -1,0 +1,100 @@
+r"""One MAML-TRPO meta-iteration for the policy-gradient learner (DESIGN §1.2).
+
+For a meta-batch of tasks :math:`T_i` drawn from the family:
+
+1. inner batches :math:`D^{in}_{i,k}` sampled while adapting,
+   :math:`θ'_i(θ) = \mathrm{Adapt}(θ, D^{in}_i)` (K policy-gradient steps, replayable on
+   the stored batches so that :math:`θ'_i` is a differentiable function of θ);
+2. outer batches :math:`D^{out}_i` sampled with :math:`θ'_i(θ_{old})`;
+3. the surrogate of the adapted policies
+
+   .. math:: S(θ) = \frac{1}{T}\sum_i \hat{\mathbb{E}}_{D^{out}_i}
+      \Big[\frac{π_{θ'_i(θ)}(a \mid o)}{π_{θ'_i(θ_{old})}(a \mid o)}\, A\Big]
+
+   is maximised by :func:`maml2_jax.trpo.trpo_step` under the mean KL between
+   :math:`π_{θ'_i(θ_{old})}` and :math:`π_{θ'_i(θ)}` on the outer observations.
+
+The whole iteration (sampling, adaptation, CG, line search) is one pure function of
+``(params, key)``; ``jax.jit`` it once and call it every iteration.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from maml2_jax import trpo
+from maml2_jax.errors import check_positive_int
+from maml2_jax.learners.policy_gradient import Batch, PolicyGradientAdapter
+from maml2_jax.networks import GaussianPolicy, gaussian_kl
+
+
+class IterationMetrics(NamedTuple):
+    """Per-iteration figures: mean per-episode return before and after adaptation, and TRPO's."""
+
+    pre_return: jax.Array
+    post_return: jax.Array
+    trpo: trpo.TRPOStats
+
+
+def collect_inner(adapter: PolicyGradientAdapter, inner_steps: int, params, task, key):
+    """Adapts on one task, keeping every inner batch: ``(batches [K, ...], adapted)``."""
+
+    def inner(params, k):
+        batch = adapter.sample(params, task, jax.random.fold_in(key, k))
+        return adapter.step(params, batch), batch
+
+    adapted, batches = jax.lax.scan(inner, params, jnp.arange(inner_steps))
+    return batches, adapted
+
+
+def replay(adapter: PolicyGradientAdapter, params, batches: Batch):
+    """θ'(θ): the K inner steps again on stored batches, differentiable in ``params``."""
+    adapted, _ = jax.lax.scan(lambda p, batch: (adapter.step(p, batch), None), params, batches)
+    return adapted
+
+
+def make_maml_trpo_iteration(family, policy: GaussianPolicy, adapter: PolicyGradientAdapter, inner_steps: int,
+                             num_tasks: int, config: trpo.TRPOConfig = trpo.TRPOConfig()) -> Callable:
+    """Returns ``iteration(params, key) -> (params, IterationMetrics)`` (pure; jit it)."""
+    check_positive_int("meta-batch size", num_tasks)
+    check_positive_int("inner steps", inner_steps)
+
+    def iteration(params, key):
+        k_tasks, k_inner, k_outer = jax.random.split(key, 3)
+        tasks, _ = family.sample_tasks(k_tasks, num_tasks)
+        inner_keys = jax.random.split(k_inner, num_tasks)
+        outer_keys = jax.random.split(k_outer, num_tasks)
+        batches, adapted = jax.vmap(lambda t, k: collect_inner(adapter, inner_steps, params, t, k))(tasks, inner_keys)
+        outer = jax.vmap(adapter.sample)(adapted, tasks, outer_keys)
+        obs, actions = outer.trajectories.obs, outer.trajectories.actions
+        old_log_probs = outer.trajectories.log_probs
+
+        def adapted_of(p):
+            return jax.vmap(lambda b: replay(adapter, p, b))(batches)
+
+        def distribution(p):
+            means, log_stds = jax.vmap(policy.mean_and_log_std)(adapted_of(p), obs)
+            return means, jnp.broadcast_to(log_stds[:, None, None, :], means.shape)
+
+        old_means, old_log_stds = jax.lax.stop_gradient(distribution(params))
+
+        def surrogate(p):
+            log_probs = jax.vmap(policy.log_prob)(adapted_of(p), obs, actions)
+            return jnp.mean(jnp.exp(log_probs - old_log_probs) * outer.advantages)
+
+        def kl(p):
+            means, log_stds = distribution(p)
+            return jnp.mean(gaussian_kl(old_means, old_log_stds, means, log_stds))
+
+        new_params, stats = trpo.trpo_step(config, surrogate, kl, distribution, params)
+        metrics = IterationMetrics(
+            pre_return=jnp.mean(jnp.sum(batches.trajectories.rewards[:, 0], axis=-1)),
+            post_return=jnp.mean(jnp.sum(outer.trajectories.rewards, axis=-1)),
+            trpo=stats,
+        )
+        return new_params, metrics
+
+    return iteration
