@@ -16,17 +16,25 @@ For a meta-batch of tasks :math:`T_i` drawn from the family:
 
 The whole iteration (sampling, adaptation, CG, line search) is one pure function of
 ``(params, key)``; ``jax.jit`` it once and call it every iteration.
+
+**Curvature on a subsample** (``curvature_fraction`` < 1, off by default): the
+curvature products of CG, which dominate the cost, use only the first
+``ceil(fraction · T)`` tasks of the meta-batch (tasks are drawn i.i.d., so these are a
+random subset); the gradient, the step size's KL and the line search's KL check still
+use every task, so the trust region is enforced on the full batch.
 """
 
 from __future__ import annotations
 
 from typing import Callable, NamedTuple
 
+import math
+
 import jax
 import jax.numpy as jnp
 
 from maml2_jax import trpo
-from maml2_jax.errors import check_positive_int
+from maml2_jax.errors import ConfigError, check_positive_int
 from maml2_jax.learners.policy_gradient import Batch, PolicyGradientAdapter
 from maml2_jax.networks import GaussianPolicy, gaussian_kl
 
@@ -57,10 +65,18 @@ def replay(adapter: PolicyGradientAdapter, params, batches: Batch):
 
 
 def make_maml_trpo_iteration(family, policy: GaussianPolicy, adapter: PolicyGradientAdapter, inner_steps: int,
-                             num_tasks: int, config: trpo.TRPOConfig = trpo.TRPOConfig()) -> Callable:
-    """Returns ``iteration(params, key) -> (params, IterationMetrics)`` (pure; jit it)."""
+                             num_tasks: int, config: trpo.TRPOConfig = trpo.TRPOConfig(),
+                             curvature_fraction: float = 1.0) -> Callable:
+    """Returns ``iteration(params, key) -> (params, IterationMetrics)`` (pure; jit it).
+
+    ``curvature_fraction`` in (0, 1]: share of the meta-batch's tasks used for the
+    curvature products (see the module docstring).
+    """
     check_positive_int("meta-batch size", num_tasks)
     check_positive_int("inner steps", inner_steps)
+    if not 0.0 < curvature_fraction <= 1.0:
+        raise ConfigError(f"curvature fraction must be in (0, 1], got {curvature_fraction}")
+    curvature_tasks = max(1, math.ceil(curvature_fraction * num_tasks))
 
     def iteration(params, key):
         k_tasks, k_inner, k_outer = jax.random.split(key, 3)
@@ -72,11 +88,13 @@ def make_maml_trpo_iteration(family, policy: GaussianPolicy, adapter: PolicyGrad
         obs, actions = outer.trajectories.obs, outer.trajectories.actions
         old_log_probs = outer.trajectories.log_probs
 
-        def adapted_of(p):
+        def adapted_of(p, batches=batches):
             return jax.vmap(lambda b: replay(adapter, p, b))(batches)
 
-        def distribution(p):
-            means, log_stds = jax.vmap(policy.mean_and_log_std)(adapted_of(p), obs)
+        def distribution(p, tasks=num_tasks):
+            # The policy of each of the first ``tasks`` tasks, on its outer observations.
+            head = jax.tree.map(lambda x: x[:tasks], batches)
+            means, log_stds = jax.vmap(policy.mean_and_log_std)(adapted_of(p, head), obs[:tasks])
             return means, jnp.broadcast_to(log_stds[:, None, None, :], means.shape)
 
         old_means, old_log_stds = jax.lax.stop_gradient(distribution(params))
@@ -89,7 +107,8 @@ def make_maml_trpo_iteration(family, policy: GaussianPolicy, adapter: PolicyGrad
             means, log_stds = distribution(p)
             return jnp.mean(gaussian_kl(old_means, old_log_stds, means, log_stds))
 
-        new_params, stats = trpo.trpo_step(config, surrogate, kl, distribution, params)
+        curvature = lambda p: distribution(p, curvature_tasks)  # noqa: E731
+        new_params, stats = trpo.trpo_step(config, surrogate, kl, curvature, params)
         metrics = IterationMetrics(
             pre_return=jnp.mean(jnp.sum(batches.trajectories.rewards[:, 0], axis=-1)),
             post_return=jnp.mean(jnp.sum(outer.trajectories.rewards, axis=-1)),

@@ -119,7 +119,8 @@ def trpo_step(config: TRPOConfig, surrogate: Callable, kl: Callable, distributio
       surrogate: ``params -> scalar`` to maximise.
       kl: ``params -> scalar``, the mean KL from the old policy (0 at ``params``).
       distribution: ``params -> (means, log_stds)`` for the curvature (see
-        :func:`gaussian_fisher_product`).
+        :func:`gaussian_fisher_product`); may cover a subsample of the samples the
+        KL averages over.
       params: θ_old.
 
     Returns:

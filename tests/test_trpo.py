@@ -94,3 +94,23 @@ def test_maml_trpo_iteration_improves_and_respects_max_kl():
 def test_config_errors(kwargs, message):
     with pytest.raises(ConfigError, match=message):
         trpo.TRPOConfig(**kwargs)
+
+
+def test_curvature_on_a_task_subsample_still_respects_max_kl():
+    # With a fraction, CG's curvature covers the first tasks only: the step differs
+    # from the full-batch one and still honours max KL on the full batch.
+    family = nav2d.make_task_family("nav2d", nav2d.Nav2dConfig(horizon=10))
+    policy = make_gaussian_policy(2, 2, PolicyConfig(hidden_sizes=(8,)))
+    adapter = make_policy_gradient_adapter(family, policy, PolicyGradientConfig(num_trajectories=4))
+    params = policy.init(jax.random.key(20))
+    full = jax.jit(make_maml_trpo_iteration(family, policy, adapter, 1, 8))
+    half = jax.jit(make_maml_trpo_iteration(family, policy, adapter, 1, 8, curvature_fraction=0.25))
+    p_full, m_full = full(params, jax.random.key(21))
+    p_half, m_half = half(params, jax.random.key(21))
+    # Same data: same surrogate at the start (≈ 0: normalised advantages, ratio 1).
+    np.testing.assert_allclose(m_full.trpo.surrogate_before, m_half.trpo.surrogate_before, atol=1e-6)
+    np.testing.assert_allclose(m_full.pre_return, m_half.pre_return)
+    assert float(m_half.trpo.kl) <= 0.01 + 1e-6 and float(m_half.trpo.step_fraction) > 0
+    assert not np.allclose(ravel_pytree(p_full)[0], ravel_pytree(p_half)[0])
+    with pytest.raises(ConfigError, match="curvature fraction"):
+        make_maml_trpo_iteration(family, policy, adapter, 1, 8, curvature_fraction=0.0)
