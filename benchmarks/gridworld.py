@@ -17,11 +17,7 @@ same invocation, and reports the speed-up for the whole experiment
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
-import sys
 import time
 
 from maml2_jax import sharding
@@ -32,6 +28,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+import common  # noqa: E402  (beside this file)
 from maml2_jax import clustering, gridworld_experiment  # noqa: E402
 from maml2_jax.gridworld_experiment import GridworldConfig  # noqa: E402
 
@@ -94,11 +91,7 @@ def main():
     median = statistics.median(seconds)
     result = {
         "benchmark": "gridworld",
-        "device": str(jax.devices()[0].device_kind),
-        "devices": mesh.size,
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "jax": jax.__version__,
+        **common.machine(),
         "runs": config.runs,
         "maml_iterations": config.maml_iterations,
         "outer_iterations": config.outer_iterations,
@@ -122,8 +115,7 @@ def main():
         print(f"    {k:<10} {v:8.2f} s")
     print(f"  agent steps        {total_steps:,}  ->  {result['agent_steps_per_second']:,.0f} steps/s")
     if args.numpy_runs > 0:
-        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-        import numpy_reference  # noqa: E402  (beside this file)
+        import numpy_reference  # beside this file, on the path of a script
 
         reference = [numpy_reference.one_run(config, seed) for seed in range(args.numpy_runs)]
         per_run = statistics.median(r["total"] for r in reference)
@@ -140,10 +132,7 @@ def main():
         print(f"    stages: " + ", ".join(f"{k} {v:.2f} s" for k, v in result['numpy_reference']['median_stage_seconds'].items()))
         print(f"  speed-up           {whole / first_call_seconds:6.1f}x with compilation, "
               f"{whole / median:6.1f}x without")
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=1)
-    print(f"wrote {args.out}")
+    common.save(result, args.out)
 
 
 if __name__ == "__main__":

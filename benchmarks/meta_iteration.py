@@ -14,12 +14,11 @@ option that is off by default).
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import time
 
+import common  # beside this file
 import jax
 import numpy as np
 
@@ -68,10 +67,7 @@ def main():
     env_steps = 2 * 20 * 20 * 100  # inner and outer batches
     result = {
         "benchmark": "meta_iteration",
-        "device": str(jax.devices()[0].device_kind),
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "jax": jax.__version__,
+        **common.machine(),
         "config": "nav2d, 20 tasks x 20 trajectories x 100 steps, 64x64 tanh, 1 inner step, TRPO CG 10",
         **figures,
         "seconds_per_cg_iteration": per_cg,
@@ -86,10 +82,7 @@ def main():
           f"-> {per_cg:.3f} s per curvature product (CG iteration)")
     print(f"  curvature on 1/4 of the tasks  {figures['maml_trpo_curvature_quarter']['median_seconds']:6.3f} s")
     print(f"  env steps/s        {result['env_steps_per_second']:,.0f}")
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=1)
-    print(f"wrote {args.out}")
+    common.save(result, args.out)
 
 
 if __name__ == "__main__":

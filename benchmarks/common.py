@@ -1,0 +1,28 @@
+"""What every benchmark script records: the machine, and the JSON it writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+
+import jax
+
+
+def machine() -> dict:
+    """The device kind and count, the host and the JAX version."""
+    return {
+        "device": str(jax.devices()[0].device_kind),
+        "devices": jax.device_count(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "jax": jax.__version__,
+    }
+
+
+def save(result: dict, path: str) -> None:
+    """Writes ``result`` as JSON to ``path`` (folders created) and says so."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(result, f, indent=1)
+    print(f"wrote {path}")
