@@ -5,6 +5,9 @@ classification, MAML² training, re-adaptation tests, the no-reset ablation, MAM
 learning from scratch on every run; it prints a table and writes
 ``DIR/summary.json`` and ``DIR/adaptation.png``.
 
+``maml2 train --env nav2d --algo maml --out DIR`` meta-trains a neural policy with
+MAML-TRPO (deep track) and writes ``DIR/metrics.jsonl`` and the parameters.
+
 Bad input stops with one line ``maml2: error: ...`` (exit status 2) before anything
 is written.
 """
@@ -184,6 +187,60 @@ def run_gridworld(args) -> None:
     print(f"{result.seconds:.1f} s; wrote {summary_path} and {figure_path}")
 
 
+def _add_train(sub) -> None:
+    from maml2_jax.deep_training import ALGORITHMS, TrainConfig
+    from maml2_jax.envs.nav2d import TASK_FAMILIES
+
+    d = TrainConfig()
+    p = sub.add_parser("train", help="meta-train a neural policy (deep track; MAML-TRPO on 2-D navigation)")
+    p.add_argument("--env", choices=TASK_FAMILIES, default=d.env, help="task family (default %(default)s)")
+    p.add_argument("--algo", choices=ALGORITHMS, default=d.algo,
+                   help="meta-learning algorithm (default %(default)s; MAML² on neural policies is in progress)")
+    p.add_argument("--iterations", type=int, default=d.iterations, help="meta-iterations (default %(default)s)")
+    p.add_argument("--out", required=True, help="output directory: metrics.jsonl, params.msgpack, config.json")
+    p.add_argument("--seed", type=int, default=d.seed, help="seed (default %(default)s)")
+    p.add_argument("--meta-batch-size", type=int, default=d.meta_batch_size, help="tasks per iteration (default %(default)s)")
+    p.add_argument("--num-trajectories", type=int, default=d.inner.num_trajectories,
+                   help="trajectories per task per inner step (default %(default)s)")
+    p.add_argument("--inner-steps", type=int, default=d.inner.inner_steps, help="K, inner steps (default %(default)s)")
+    p.add_argument("--inner-lr", type=float, default=d.inner.inner_lr, help="inner step size (default %(default)s)")
+    p.add_argument("--first-order", action="store_true", help="first-order MAML (stop gradients through the inner step)")
+    p.add_argument("--max-kl", type=float, default=d.trpo.max_kl, help="TRPO trust region (default %(default)s)")
+    p.add_argument("--cg-iterations", type=int, default=d.trpo.cg_iterations, help="CG iterations (default %(default)s)")
+    p.add_argument("--curvature-fraction", type=float, default=d.curvature_fraction,
+                   help="share of tasks for TRPO's curvature products (default %(default)s: all)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run_train(args) -> None:
+    """Impure: trains, shows progress, writes the outputs."""
+    from tqdm import tqdm
+
+    from maml2_jax import deep_training
+    from maml2_jax.learners.policy_gradient import PolicyGradientConfig
+    from maml2_jax.trpo import TRPOConfig
+
+    config = deep_training.TrainConfig(
+        env=args.env, algo=args.algo, iterations=args.iterations, seed=args.seed,
+        meta_batch_size=args.meta_batch_size, curvature_fraction=args.curvature_fraction,
+        inner=PolicyGradientConfig(num_trajectories=args.num_trajectories, inner_steps=args.inner_steps,
+                                   inner_lr=args.inner_lr, first_order=args.first_order),
+        trpo=TRPOConfig(max_kl=args.max_kl, cg_iterations=args.cg_iterations),
+    )
+    check_writable(args.out)
+    bar = tqdm(total=config.iterations, disable=args.quiet, desc=f"{config.algo} on {config.env}")
+
+    def progress(row):
+        bar.set_postfix(pre=f"{row['pre_return']:.1f}", post=f"{row['post_return']:.1f}")
+        bar.update()
+
+    _, history = deep_training.train(config, args.out, progress)
+    bar.close()
+    last = history[-1]
+    print(f"iteration {last['iteration']}: return {last['pre_return']:.1f} before, {last['post_return']:.1f} after "
+          f"adaptation; wrote {args.out}/metrics.jsonl and params.msgpack")
+
+
 def main(argv=None) -> int:
     from maml2_jax import sharding
 
@@ -191,10 +248,13 @@ def main(argv=None) -> int:
     parser = _Parser(prog="maml2", description="MAML² meta-reinforcement learning in JAX")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_gridworld(sub)
+    _add_train(sub)
     try:
         args = parser.parse_args(argv)
         if args.command == "gridworld":
             run_gridworld(args)
+        elif args.command == "train":
+            run_train(args)
     except ConfigError as error:
         print(f"maml2: error: {error}", file=sys.stderr)
         return 2

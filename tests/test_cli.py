@@ -64,3 +64,22 @@ def test_unwritable_output_is_refused(tmp_path, capsys):
     assert cli.main(["gridworld", "--out", str(blocker / "out"), *TINY]) == 2
     err = capsys.readouterr().err.strip()
     assert "not writable" in err and "\n" not in err
+
+
+def test_train_writes_metrics_and_parameters(tmp_path, capsys):
+    out = tmp_path / "train"
+    argv = ["train", "--env", "nav2d", "--iterations", "2", "--meta-batch-size", "2", "--num-trajectories", "3",
+            "--out", str(out), "--quiet"]
+    assert cli.main(argv) == 0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in rows] == [0, 1]
+    assert all(r["pre_return"] < 0 and r["post_return"] < 0 and r["seconds"] > 0 for r in rows)
+    assert (out / "params.msgpack").stat().st_size > 4000 * 4  # 4,484 float32 parameters
+    assert json.loads((out / "config.json").read_text())["meta_batch_size"] == 2
+
+
+def test_train_bad_input_is_one_line(tmp_path, capsys):
+    assert cli.main(["train", "--iterations", "0", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "maml2: error: iterations must be a positive integer, got 0"
+    assert not (tmp_path / "x").exists()
