@@ -60,18 +60,10 @@ def summarize(result: GridworldResult) -> dict:
             summary["per_task"][method][str(t)] = steps[:, t].mean(axis=0).tolist()
     summary["categories"] = result.labels.tolist()
     summary["readapt_category"] = result.chosen.tolist()
-    summary["config"] = _jsonable(dataclasses.asdict(config))
+    summary["config"] = dataclasses.asdict(config)  # tuples serialise as JSON lists
     summary["phase_seconds"] = dict(result.phase_seconds)
     summary["seconds"] = result.seconds
     return summary
-
-
-def _jsonable(value):
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value
 
 
 def table(summary: dict) -> str:

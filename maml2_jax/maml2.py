@@ -250,7 +250,7 @@ def run_schedules(learner: Learner, theta, members, tasks, keys, outer_iteration
             ticks = ticks + active
             active = active & (episodes(agent) < adapt_episodes)
         state = state._replace(agent=agent, ticks=ticks)
-        adapted = ~state.done & (episodes(state.agent) >= adapt_episodes)
+        adapted = ~state.done & ~active  # live lanes whose adaptation has just completed
         state, _ = jax.lax.while_loop(lambda c: jnp.any(c[1]), meta_step_one, (state, adapted))
         return state
 
