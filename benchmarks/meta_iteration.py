@@ -2,13 +2,18 @@
 
 20 tasks × 20 trajectories × 100 steps, 64×64 tanh Gaussian policy, 1 inner step,
 inner lr 0.1, γ 0.99, GAE λ 1, max KL 0.01, CG 10 iterations, damping 1e-5, line
-search 15 × 0.8. Compiles first (reported apart), then times ``--iterations``
-iterations of the training loop (each one jitted call) and reports the median, with
-a breakdown (the iteration with CG reduced to 1 iteration), and the iteration with
-curvature products on a quarter of the tasks (``curvature_fraction=0.25``, an
-option that is off by default).
+search 15 × 0.8. As ``maml2 train`` runs it: the tasks split over one XLA device per
+core. Compiles first (reported apart), then times ``--iterations`` iterations of the
+training loop (each one jitted call) and reports the median, with:
 
-    python benchmarks/meta_iteration.py --out benchmarks/meta_iteration.json
+* the same on a single device (no task split);
+* a breakdown: the iteration with CG reduced to 1 iteration, hence one curvature
+  product's cost;
+* curvature products on a quarter of the tasks (``curvature_fraction=0.25``, an
+  option that is off by default);
+* one deep MAML² outer iteration on ``nav2d-isolated`` (3 categories × 10 tasks).
+
+    python benchmarks/meta_iteration.py --out benchmarks/results/meta_iteration-cpu-2core.json
 """
 
 from __future__ import annotations
@@ -18,32 +23,65 @@ import os
 import statistics
 import time
 
-import common  # beside this file
-import jax
-import numpy as np
+from maml2_jax import sharding
 
-from maml2_jax import trpo
-from maml2_jax.envs import nav2d
-from maml2_jax.learners.policy_gradient import PolicyGradientConfig, make_policy_gradient_adapter
-from maml2_jax.maml_trpo import make_maml_trpo_iteration
-from maml2_jax.networks import make_gaussian_policy
+sharding.use_host_cores()  # before JAX starts: one CPU device per core, as the CLI does
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+import common  # noqa: E402  (beside this file)
+from maml2_jax import clustering, deep_maml2, trpo  # noqa: E402
+from maml2_jax.envs import nav2d  # noqa: E402
+from maml2_jax.learners.policy_gradient import PolicyGradientConfig, make_policy_gradient_adapter  # noqa: E402
+from maml2_jax.maml_trpo import make_maml_trpo_iteration, make_maml_trpo_update  # noqa: E402
+from maml2_jax.networks import make_gaussian_policy  # noqa: E402
 
 
-def _time_loop(iteration, params, key, count):
+def _time(step, carry, count):
+    """Median seconds of ``count`` calls ``carry = step(carry, i)``; each call waited for."""
     seconds = []
     for i in range(count):
         t0 = time.perf_counter()
-        params, metrics = iteration(params, jax.random.fold_in(key, i))
-        jax.block_until_ready(metrics)
+        carry = jax.block_until_ready(step(carry, i))
         seconds.append(time.perf_counter() - t0)
-    return seconds, params
+    return seconds
+
+
+def _maml(family, policy, adapter, params, key, count, cg, fraction, mesh):
+    iteration = jax.jit(make_maml_trpo_iteration(family, policy, adapter, 1, 20, trpo.TRPOConfig(cg_iterations=cg),
+                                                 curvature_fraction=fraction, mesh=mesh))
+    t0 = time.perf_counter()
+    compiled = iteration.lower(params, key).compile()
+    compile_seconds = time.perf_counter() - t0
+    seconds = _time(lambda p, i: compiled(p, jax.random.fold_in(key, i))[0], params, count)
+    return {"compile_seconds": compile_seconds, "median_seconds": statistics.median(seconds), "all_seconds": seconds}
+
+
+def _maml2(params, key, count, mesh):
+    family = nav2d.make_task_family("nav2d-isolated")
+    policy = make_gaussian_policy(family.obs_dim, family.action_dim)
+    adapter = make_policy_gradient_adapter(family, policy, PolicyGradientConfig())
+    config = deep_maml2.DeepMAML2Config()
+    update = make_maml_trpo_update(policy, adapter, 1, config.tasks_per_category, mesh=mesh)
+    iteration = jax.jit(deep_maml2.make_maml2_iteration(update, config))
+    pool, truth = family.sample_tasks(key, config.pool_size)
+    members = jnp.asarray(clustering.membership(np.asarray(truth), config.num_categories))
+    state = deep_maml2.init_state(params, config.num_categories)
+    t0 = time.perf_counter()
+    compiled = iteration.lower(state, pool, members, key).compile()
+    compile_seconds = time.perf_counter() - t0
+    seconds = _time(lambda s, i: compiled(s, pool, members, jax.random.fold_in(key, i))[0], state, count)
+    return {"compile_seconds": compile_seconds, "median_seconds": statistics.median(seconds), "all_seconds": seconds,
+            "tasks": config.num_categories * config.tasks_per_category}
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iterations", type=int, default=10)
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--out", default="benchmarks/meta_iteration.json")
+    parser.add_argument("--out", default="benchmarks/results/meta_iteration.json")
     args = parser.parse_args()
 
     family = nav2d.make_task_family("nav2d")
@@ -51,19 +89,16 @@ def main():
     adapter = make_policy_gradient_adapter(family, policy, PolicyGradientConfig())
     params = policy.init(jax.random.key(args.seed))
     key = jax.random.key(args.seed + 1000)
+    mesh = sharding.task_mesh() if jax.device_count() > 1 else None
 
     figures = {}
-    settings = (("maml_trpo", 10, 1.0), ("maml_trpo_cg1", 1, 1.0), ("maml_trpo_curvature_quarter", 10, 0.25))
-    for name, cg, fraction in settings:
-        iteration = jax.jit(make_maml_trpo_iteration(family, policy, adapter, 1, 20, trpo.TRPOConfig(cg_iterations=cg),
-                                                     curvature_fraction=fraction))
-        t0 = time.perf_counter()
-        compiled = iteration.lower(params, key).compile()
-        compile_seconds = time.perf_counter() - t0
-        seconds, _ = _time_loop(compiled, params, key, args.iterations)
-        figures[name] = {"compile_seconds": compile_seconds, "median_seconds": statistics.median(seconds),
-                         "all_seconds": seconds}
-    per_cg = (figures["maml_trpo"]["median_seconds"] - figures["maml_trpo_cg1"]["median_seconds"]) / 9
+    settings = (("maml_trpo", 10, 1.0, mesh), ("maml_trpo_one_device", 10, 1.0, None),
+                ("maml_trpo_cg1", 1, 1.0, mesh), ("maml_trpo_curvature_quarter", 10, 0.25, mesh))
+    for name, cg, fraction, m in settings:
+        figures[name] = _maml(family, policy, adapter, params, key, args.iterations, cg, fraction, m)
+    figures["maml2_outer_iteration"] = _maml2(params, key, args.iterations, mesh)
+    median = {name: f["median_seconds"] for name, f in figures.items()}
+    per_cg = (median["maml_trpo"] - median["maml_trpo_cg1"]) / 9
     env_steps = 2 * 20 * 20 * 100  # inner and outer batches
     result = {
         "benchmark": "meta_iteration",
@@ -72,16 +107,19 @@ def main():
         **figures,
         "seconds_per_cg_iteration": per_cg,
         "env_steps_per_iteration": env_steps,
-        "env_steps_per_second": env_steps / figures["maml_trpo"]["median_seconds"],
+        "env_steps_per_second": env_steps / median["maml_trpo"],
     }
-    print(f"MAML-TRPO meta-iteration, 2-D navigation, on {result['device']} ({os.cpu_count()} cores)")
-    print(f"  compile            {figures['maml_trpo']['compile_seconds']:6.2f} s")
-    print(f"  median iteration   {figures['maml_trpo']['median_seconds']:6.3f} s  "
+    print(f"MAML-TRPO meta-iteration, 2-D navigation, on {jax.device_count()} x {result['device']} "
+          f"({os.cpu_count()} cores)")
+    print(f"  compile                         {figures['maml_trpo']['compile_seconds']:6.2f} s")
+    print(f"  median iteration                {median['maml_trpo']:6.3f} s  "
           f"({args.iterations} iterations: {np.round(figures['maml_trpo']['all_seconds'], 3).tolist()})")
-    print(f"  with 1 CG iter.    {figures['maml_trpo_cg1']['median_seconds']:6.3f} s  "
+    print(f"  the same on one device          {median['maml_trpo_one_device']:6.3f} s")
+    print(f"  with 1 CG iteration             {median['maml_trpo_cg1']:6.3f} s  "
           f"-> {per_cg:.3f} s per curvature product (CG iteration)")
-    print(f"  curvature on 1/4 of the tasks  {figures['maml_trpo_curvature_quarter']['median_seconds']:6.3f} s")
-    print(f"  env steps/s        {result['env_steps_per_second']:,.0f}")
+    print(f"  curvature on 1/4 of the tasks   {median['maml_trpo_curvature_quarter']:6.3f} s")
+    print(f"  MAML² outer iteration (3 x 10 tasks, nav2d-isolated)  {median['maml2_outer_iteration']:6.3f} s")
+    print(f"  env steps/s                     {result['env_steps_per_second']:,.0f}")
     common.save(result, args.out)
 
 

@@ -5,8 +5,11 @@ classification, MAML² training, re-adaptation tests, the no-reset ablation, MAM
 learning from scratch on every run; it prints a table and writes
 ``DIR/summary.json`` and ``DIR/adaptation.png``.
 
-``maml2 train --env nav2d --algo maml --out DIR`` meta-trains a neural policy with
-MAML-TRPO (deep track) and writes ``DIR/metrics.jsonl`` and the parameters.
+``maml2 train --env nav2d --algo {maml,maml2} --out DIR`` meta-trains a neural
+policy (deep track: MAML-TRPO, or deep MAML² with categories) and writes
+``DIR/metrics.jsonl`` and the parameters. ``maml2 evaluate DIR --out EVAL`` adapts the
+runs found in DIR (and learning from scratch) on fresh tasks and writes
+``EVAL/summary.json`` and ``EVAL/adaptation.png``.
 
 Bad input stops with one line ``maml2: error: ...`` (exit status 2) before anything
 is written.
@@ -151,6 +154,14 @@ def _write_atomically(path: str, write) -> None:
             os.remove(tmp)
 
 
+def _write_json(path: str, data: dict) -> None:
+    def dump(tmp):
+        with open(tmp, "w") as f:
+            json.dump(data, f, indent=1)
+
+    _write_atomically(path, dump)
+
+
 def run_gridworld(args) -> None:
     """Impure: runs the experiment, prints progress and the table, writes the outputs."""
     from maml2_jax import evaluation, gridworld_experiment, plotting
@@ -176,39 +187,58 @@ def run_gridworld(args) -> None:
     os.makedirs(args.out, exist_ok=True)
     summary_path = os.path.join(args.out, "summary.json")
     figure_path = os.path.join(args.out, "adaptation.png")
-
-    def dump(tmp):
-        with open(tmp, "w") as f:
-            json.dump(summary, f, indent=1)
-
     _write_atomically(figure_path, lambda tmp: plotting.adaptation_figure(summary, tmp))
-    _write_atomically(summary_path, dump)
+    _write_json(summary_path, summary)
     print(evaluation.table(summary))
     print(f"{result.seconds:.1f} s; wrote {summary_path} and {figure_path}")
 
 
 def _add_train(sub) -> None:
+    from maml2_jax.deep_maml2 import CATEGORY_INITS, FEATURES
     from maml2_jax.deep_training import ALGORITHMS, TrainConfig
     from maml2_jax.envs.nav2d import TASK_FAMILIES
+    from maml2_jax.maml2 import OUTER_MODES
 
     d = TrainConfig()
-    p = sub.add_parser("train", help="meta-train a neural policy (deep track; MAML-TRPO on 2-D navigation)")
+    m = d.maml2
+    p = sub.add_parser("train", help="meta-train a neural policy (deep track: MAML-TRPO or MAML² on 2-D navigation)")
     p.add_argument("--env", choices=TASK_FAMILIES, default=d.env, help="task family (default %(default)s)")
-    p.add_argument("--algo", choices=ALGORITHMS, default=d.algo,
-                   help="meta-learning algorithm (default %(default)s; MAML² on neural policies is in progress)")
-    p.add_argument("--iterations", type=int, default=d.iterations, help="meta-iterations (default %(default)s)")
+    p.add_argument("--algo", choices=ALGORITHMS, default=d.algo, help="meta-learning algorithm (default %(default)s)")
+    p.add_argument("--iterations", type=int, default=d.iterations,
+                   help="meta-iterations; MAML²: outer iterations (default %(default)s)")
     p.add_argument("--out", required=True, help="output directory: metrics.jsonl, params.msgpack, config.json")
     p.add_argument("--seed", type=int, default=d.seed, help="seed (default %(default)s)")
-    p.add_argument("--meta-batch-size", type=int, default=d.meta_batch_size, help="tasks per iteration (default %(default)s)")
+    p.add_argument("--meta-batch-size", type=int, default=d.meta_batch_size,
+                   help="MAML: tasks per iteration (default %(default)s)")
     p.add_argument("--num-trajectories", type=int, default=d.inner.num_trajectories,
                    help="trajectories per task per inner step (default %(default)s)")
     p.add_argument("--inner-steps", type=int, default=d.inner.inner_steps, help="K, inner steps (default %(default)s)")
     p.add_argument("--inner-lr", type=float, default=d.inner.inner_lr, help="inner step size (default %(default)s)")
     p.add_argument("--first-order", action="store_true", help="first-order MAML (stop gradients through the inner step)")
+    p.add_argument("--weight-init", choices=("lecun_normal", "xavier_uniform"), default=d.policy.weight_init,
+                   help="initialiser of the policy's weights (default %(default)s)")
     p.add_argument("--max-kl", type=float, default=d.trpo.max_kl, help="TRPO trust region (default %(default)s)")
     p.add_argument("--cg-iterations", type=int, default=d.trpo.cg_iterations, help="CG iterations (default %(default)s)")
     p.add_argument("--curvature-fraction", type=float, default=d.curvature_fraction,
                    help="share of tasks for TRPO's curvature products (default %(default)s: all)")
+    p.add_argument("--devices", type=int, default=d.devices,
+                   help="devices to split the tasks over (default %(default)s: all; on a CPU one per core)")
+    g = p.add_argument_group("MAML² (--algo maml2)")
+    g.add_argument("--categories", type=int, default=m.num_categories, help="N, categories (default %(default)s)")
+    g.add_argument("--pool-size", type=int, default=m.pool_size,
+                   help="training tasks drawn once and classified (default %(default)s)")
+    g.add_argument("--tasks-per-category", type=int, default=m.tasks_per_category,
+                   help="tasks of each category's meta-update (default %(default)s)")
+    g.add_argument("--category-steps", type=int, default=m.category_steps,
+                   help="K_in, meta-updates per category per outer iteration (default %(default)s)")
+    g.add_argument("--recluster-every", type=int, default=m.recluster_every,
+                   help="R, outer iterations between classifications (default %(default)s)")
+    g.add_argument("--feature", choices=FEATURES, default=m.feature,
+                   help="classification feature: the update θ_T − θ or the adapted θ_T (default %(default)s)")
+    g.add_argument("--outer-update", choices=OUTER_MODES, default=m.outer_update,
+                   help="global move: mean of vmapped categories, or the sequential rule (default %(default)s)")
+    g.add_argument("--category-init", choices=CATEGORY_INITS, default=m.category_init,
+                   help="θ_c carries on (persistent) or restarts from θ each outer iteration (default %(default)s)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -217,16 +247,24 @@ def run_train(args) -> None:
     from tqdm import tqdm
 
     from maml2_jax import deep_training
+    from maml2_jax.deep_maml2 import DeepMAML2Config
     from maml2_jax.learners.policy_gradient import PolicyGradientConfig
+    from maml2_jax.networks import PolicyConfig
     from maml2_jax.trpo import TRPOConfig
 
     config = deep_training.TrainConfig(
         env=args.env, algo=args.algo, iterations=args.iterations, seed=args.seed,
-        meta_batch_size=args.meta_batch_size, curvature_fraction=args.curvature_fraction,
+        meta_batch_size=args.meta_batch_size, curvature_fraction=args.curvature_fraction, devices=args.devices,
         inner=PolicyGradientConfig(num_trajectories=args.num_trajectories, inner_steps=args.inner_steps,
                                    inner_lr=args.inner_lr, first_order=args.first_order),
         trpo=TRPOConfig(max_kl=args.max_kl, cg_iterations=args.cg_iterations),
+        policy=PolicyConfig(weight_init=args.weight_init),
+        maml2=DeepMAML2Config(num_categories=args.categories, pool_size=args.pool_size,
+                              tasks_per_category=args.tasks_per_category, category_steps=args.category_steps,
+                              recluster_every=args.recluster_every, feature=args.feature,
+                              outer_update=args.outer_update, category_init=args.category_init),
     )
+    deep_training.mesh_for(config)  # refuse a meta-batch that does not split before writing anything
     check_writable(args.out)
     bar = tqdm(total=config.iterations, disable=args.quiet, desc=f"{config.algo} on {config.env}")
 
@@ -241,6 +279,30 @@ def run_train(args) -> None:
           f"adaptation; wrote {args.out}/metrics.jsonl and params.msgpack")
 
 
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", help="adapt trained runs, MAML² without reset and learning from scratch "
+                                        "on fresh tasks; per category")
+    p.add_argument("runs", help="a training run directory, or a directory of runs (each one seed)")
+    p.add_argument("--out", required=True, help="output directory: summary.json, adaptation.png")
+    p.add_argument("--tasks", type=int, default=40, help="test tasks (default %(default)s)")
+    p.add_argument("--steps", type=int, default=3, help="adaptation steps (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the test tasks and rollouts (default %(default)s)")
+
+
+def run_evaluate(args) -> None:
+    """Impure: evaluates, prints a table, writes the outputs."""
+    from maml2_jax import deep_evaluation, plotting
+
+    runs = deep_evaluation.find_runs(args.runs)
+    check_writable(args.out)
+    summary = deep_evaluation.evaluate(runs, args.tasks, args.steps, args.seed)
+    print(deep_evaluation.table(summary))
+    os.makedirs(args.out, exist_ok=True)
+    _write_atomically(os.path.join(args.out, "adaptation.png"), lambda tmp: plotting.return_figure(summary, tmp))
+    _write_json(os.path.join(args.out, "summary.json"), summary)
+    print(f"wrote {args.out}/summary.json and adaptation.png")
+
+
 def main(argv=None) -> int:
     from maml2_jax import sharding
 
@@ -249,12 +311,15 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_gridworld(sub)
     _add_train(sub)
+    _add_evaluate(sub)
     try:
         args = parser.parse_args(argv)
         if args.command == "gridworld":
             run_gridworld(args)
         elif args.command == "train":
             run_train(args)
+        elif args.command == "evaluate":
+            run_evaluate(args)
     except ConfigError as error:
         print(f"maml2: error: {error}", file=sys.stderr)
         return 2

@@ -1,9 +1,16 @@
-"""Meta-training of the deep track: MAML-TRPO on a task family, one jitted call per iteration.
+"""Meta-training of the deep track: MAML-TRPO or deep MAML² on a task family.
 
-``train`` runs ``iterations`` calls of the compiled meta-iteration
-(:func:`maml2_jax.maml_trpo.make_maml_trpo_iteration`), writes one JSON line of
-metrics per iteration and saves the parameters at the end. I/O happens only between
-compiled calls.
+``train`` runs ``iterations`` calls of one compiled meta-iteration, writes one JSON
+line of metrics per iteration and saves the parameters at the end. I/O, and MAML²'s
+classification (k-means on the host), happen only between compiled calls.
+
+* ``algo="maml"``: :func:`maml2_jax.maml_trpo.make_maml_trpo_iteration`, fresh tasks
+  from the family every iteration.
+* ``algo="maml2"``: :mod:`maml2_jax.deep_maml2` on a pool of tasks drawn once,
+  re-classified every R iterations.
+
+The task axis is split over a 1-D device mesh when ``devices`` > 1 (on a CPU host the
+CLI asks XLA for one device per core).
 """
 
 from __future__ import annotations
@@ -15,16 +22,19 @@ import time
 from typing import Callable
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 from flax import serialization
 
+from maml2_jax import clustering, deep_maml2, sharding
 from maml2_jax.envs import nav2d
 from maml2_jax.errors import ConfigError, check_positive_int
 from maml2_jax.learners.policy_gradient import PolicyGradientConfig, make_policy_gradient_adapter
-from maml2_jax.maml_trpo import make_maml_trpo_iteration
+from maml2_jax.maml_trpo import make_maml_trpo_iteration, make_maml_trpo_update
 from maml2_jax.networks import PolicyConfig, make_gaussian_policy
 from maml2_jax.trpo import TRPOConfig
 
-ALGORITHMS = ("maml",)  # MAML² on neural policies is the next step of the deep track
+ALGORITHMS = ("maml", "maml2")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,12 +43,14 @@ class TrainConfig:
 
     Attributes:
       env: task family name (``nav2d``, ``nav2d-isolated``).
-      algo: meta-learning algorithm (``maml``).
-      iterations: meta-iterations.
+      algo: ``maml`` (MAML-TRPO) or ``maml2`` (deep MAML², see ``maml2``).
+      iterations: meta-iterations (MAML²: outer iterations).
       seed: seed of the initial parameters and of every iteration's randomness.
-      meta_batch_size: tasks per meta-iteration.
+      meta_batch_size: MAML's tasks per meta-iteration.
       curvature_fraction: share of the tasks used for TRPO's curvature products.
+      devices: devices to split the task axis over (0: all local devices).
       policy, inner, trpo: the policy, inner loop and meta-update settings.
+      maml2: categories, pool and schedule of ``algo="maml2"``.
     """
 
     env: str = "nav2d"
@@ -47,9 +59,11 @@ class TrainConfig:
     seed: int = 1
     meta_batch_size: int = 20
     curvature_fraction: float = 1.0
+    devices: int = 0
     policy: PolicyConfig = PolicyConfig()
     inner: PolicyGradientConfig = PolicyGradientConfig()
     trpo: TRPOConfig = TRPOConfig()
+    maml2: deep_maml2.DeepMAML2Config = deep_maml2.DeepMAML2Config()
 
     def __post_init__(self):
         if self.env not in nav2d.TASK_FAMILIES:
@@ -60,66 +74,162 @@ class TrainConfig:
         check_positive_int("meta-batch size", self.meta_batch_size)
         if not 0.0 < self.curvature_fraction <= 1.0:
             raise ConfigError(f"curvature fraction must be in (0, 1], got {self.curvature_fraction}")
+        if isinstance(self.devices, bool) or not isinstance(self.devices, int) or self.devices < 0:
+            raise ConfigError(f"devices must be a non-negative integer, got {self.devices!r}")
+
+    @property
+    def tasks_per_update(self) -> int:
+        """Tasks of one meta-update: the meta-batch (MAML) or one category's (MAML²)."""
+        return self.maml2.tasks_per_category if self.algo == "maml2" else self.meta_batch_size
+
+    @staticmethod
+    def from_dict(data: dict) -> "TrainConfig":
+        """Inverse of ``dataclasses.asdict`` (reads a run's ``config.json``)."""
+        nested = {"policy": PolicyConfig, "inner": PolicyGradientConfig, "trpo": TRPOConfig,
+                  "maml2": deep_maml2.DeepMAML2Config}
+        fields = {k: (nested[k](**v) if k in nested else v) for k, v in data.items()}
+        return TrainConfig(**fields)
 
 
-def build(config: TrainConfig):
-    """``(init_params, iteration)``: initial parameters and the jitted meta-iteration."""
-    family = nav2d.make_task_family(config.env)
-    policy = make_gaussian_policy(family.obs_dim, family.action_dim, config.policy)
-    adapter = make_policy_gradient_adapter(family, policy, config.inner)
-    iteration = make_maml_trpo_iteration(
-        family, policy, adapter, config.inner.inner_steps, config.meta_batch_size, config.trpo,
-        config.curvature_fraction,
-    )
-    return policy.init(jax.random.key(config.seed)), jax.jit(iteration)
+def mesh_for(config: TrainConfig):
+    """The task mesh of the run (None on one device); ConfigError if the tasks do not split."""
+    devices = jax.devices()
+    count = len(devices) if config.devices == 0 else config.devices
+    if count > len(devices):
+        raise ConfigError(f"asked for {count} devices but only {len(devices)} are visible")
+    if count == 1:
+        return None
+    mesh = sharding.task_mesh(devices[:count])
+    what = "tasks per category" if config.algo == "maml2" else "meta-batch size"
+    if config.tasks_per_update % count:
+        raise ConfigError(f"{what} {config.tasks_per_update} does not divide evenly over {count} devices; "
+                          f"use a multiple of {count} or set devices")
+    return mesh
+
+
+class Parts:
+    """The pure pieces of a run, built once: family, policy, adapter and meta-update."""
+
+    def __init__(self, config: TrainConfig, mesh=None):
+        self.family = nav2d.make_task_family(config.env)
+        self.policy = make_gaussian_policy(self.family.obs_dim, self.family.action_dim, config.policy)
+        self.adapter = make_policy_gradient_adapter(self.family, self.policy, config.inner)
+        self.update = make_maml_trpo_update(self.policy, self.adapter, config.inner.inner_steps,
+                                            config.tasks_per_update, config.trpo, config.curvature_fraction, mesh)
+
+
+def _row(i: int, pre, post, kl, step_fraction, seconds: float) -> dict:
+    return {"iteration": i, "pre_return": float(np.mean(pre)), "post_return": float(np.mean(post)),
+            "kl": float(np.mean(kl)), "step_fraction": float(np.mean(step_fraction)), "seconds": seconds}
 
 
 def train(config: TrainConfig, out: str | None = None, progress: Callable[[dict], None] | None = None):
-    """Runs the meta-training. Impure: writes ``out/metrics.jsonl`` and ``out/params.msgpack``.
+    """Runs the meta-training. Impure: writes to ``out`` (nothing when None).
 
-    Args:
-      config: the run.
-      out: output directory (nothing is written when None).
-      progress: called with each iteration's metrics dict.
+    Writes ``metrics.jsonl`` (a line per iteration), ``params.msgpack`` (θ),
+    ``config.json``, and for MAML² ``category_params.msgpack`` (θ_c stacked) and
+    ``categories.json`` (the pool, its labels at every classification, the
+    ground-truth categories of the pool).
 
     Returns:
-      ``(params, metrics)``: final parameters and the list of per-iteration dicts with
-      ``iteration``, ``pre_return``, ``post_return`` (mean per-episode return before and
-      after adaptation), ``kl``, ``step_fraction`` and ``seconds`` (wall time of the
-      iteration; iteration 0's includes compilation).
+      ``(params, history)``: θ (MAML²: the :class:`~maml2_jax.deep_maml2.DeepMAML2State`)
+      and the per-iteration dicts with ``iteration``, ``pre_return``, ``post_return``
+      (mean per-episode return before and after adaptation; MAML²: mean over
+      categories), ``kl``, ``step_fraction``, ``seconds`` (wall time of the iteration,
+      classification included; iteration 0's includes compilation) and, for MAML²,
+      ``category_pre_return``, ``category_post_return`` and ``classified``.
     """
-    params, iteration = build(config)
+    mesh = mesh_for(config)
+    parts = Parts(config, mesh)
+    params = parts.policy.init(jax.random.key(config.seed))
     key = jax.random.key(config.seed + 1_000_003)
-    history = []
+    history, extra = [], {}
     log = None
     if out is not None:
         os.makedirs(out, exist_ok=True)
         log = open(os.path.join(out, "metrics.jsonl"), "w")
     try:
-        for i in range(config.iterations):
-            t0 = time.perf_counter()
-            params, metrics = iteration(params, jax.random.fold_in(key, i))
-            metrics = jax.device_get(metrics)
-            row = {
-                "iteration": i,
-                "pre_return": float(metrics.pre_return),
-                "post_return": float(metrics.post_return),
-                "kl": float(metrics.trpo.kl),
-                "step_fraction": float(metrics.trpo.step_fraction),
-                "seconds": time.perf_counter() - t0,
-            }
-            history.append(row)
-            if log is not None:
-                log.write(json.dumps(row) + "\n")
-                log.flush()
-            if progress is not None:
-                progress(row)
+        if config.algo == "maml":
+            iteration = jax.jit(make_maml_trpo_iteration(
+                parts.family, parts.policy, parts.adapter, config.inner.inner_steps, config.meta_batch_size,
+                config.trpo, config.curvature_fraction, mesh))
+            for i in range(config.iterations):
+                t0 = time.perf_counter()
+                params, m = jax.device_get(iteration(params, jax.random.fold_in(key, i)))
+                row = _row(i, m.pre_return, m.post_return, m.trpo.kl, m.trpo.step_fraction, time.perf_counter() - t0)
+                _emit(row, history, log, progress)
+        else:
+            params, extra = _train_maml2(config, parts, params, key, history, log, progress)
     finally:
         if log is not None:
             log.close()
     if out is not None:
-        with open(os.path.join(out, "params.msgpack"), "wb") as f:
-            f.write(serialization.to_bytes(params))
-        with open(os.path.join(out, "config.json"), "w") as f:
-            json.dump(dataclasses.asdict(config), f, indent=1)
+        _save(out, config, params, extra)
     return params, history
+
+
+def _train_maml2(config, parts, theta, key, history, log, progress):
+    settings = config.maml2
+    pool_key, feature_key, iteration_key = jax.random.split(jax.random.fold_in(key, 7), 3)
+    pool, pool_categories = parts.family.sample_tasks(pool_key, settings.pool_size)
+    features = jax.jit(deep_maml2.make_features(parts.adapter, settings.feature))
+    iteration = jax.jit(deep_maml2.make_maml2_iteration(parts.update, settings))
+    state = deep_maml2.init_state(theta, settings.num_categories)
+    centroids, members, classifications = None, None, []
+    for i in range(config.iterations):
+        t0 = time.perf_counter()
+        classified = i % settings.recluster_every == 0
+        if classified:
+            f = np.asarray(features(state.theta, pool, jax.random.fold_in(feature_key, i)))
+            labels, centroids = deep_maml2.classify(f, settings.num_categories, config.seed + i, centroids)
+            members = jnp.asarray(clustering.membership(labels, settings.num_categories))
+            classifications.append({"iteration": i, "labels": labels.tolist()})
+        state, m = jax.device_get(iteration(state, pool, members, jax.random.fold_in(iteration_key, i)))
+        row = _row(i, m.pre_return, m.post_return, m.kl, m.step_fraction, time.perf_counter() - t0)
+        row.update(category_pre_return=np.asarray(m.pre_return).tolist(),
+                   category_post_return=np.asarray(m.post_return).tolist(), classified=classified)
+        _emit(row, history, log, progress)
+    categories = {"pool": np.asarray(pool).tolist(), "pool_categories": np.asarray(pool_categories).tolist(),
+                  "classifications": classifications}
+    return state, {"categories": categories}
+
+
+def _emit(row, history, log, progress):
+    history.append(row)
+    if log is not None:
+        log.write(json.dumps(row) + "\n")
+        log.flush()
+    if progress is not None:
+        progress(row)
+
+
+def _save(out: str, config: TrainConfig, params, extra: dict) -> None:
+    if isinstance(params, deep_maml2.DeepMAML2State):
+        with open(os.path.join(out, "category_params.msgpack"), "wb") as f:
+            f.write(serialization.to_bytes(params.category_params))
+        with open(os.path.join(out, "categories.json"), "w") as f:
+            json.dump(extra["categories"], f)
+        params = params.theta
+    with open(os.path.join(out, "params.msgpack"), "wb") as f:
+        f.write(serialization.to_bytes(params))
+    with open(os.path.join(out, "config.json"), "w") as f:
+        json.dump(dataclasses.asdict(config), f, indent=1)
+
+
+def load_run(path: str):
+    """Reads a ``train`` output directory: ``(config, parts, theta, category_params | None)``."""
+    config_path = os.path.join(path, "config.json")
+    if not os.path.isfile(config_path):
+        raise ConfigError(f"{path} is not a training run (no config.json)")
+    with open(config_path) as f:
+        config = TrainConfig.from_dict(json.load(f))
+    parts = Parts(config)
+    template = parts.policy.init(jax.random.key(0))
+    with open(os.path.join(path, "params.msgpack"), "rb") as f:
+        theta = jax.tree.map(jnp.asarray, serialization.from_bytes(template, f.read()))
+    category_params = None
+    if config.algo == "maml2":
+        stacked = deep_maml2.init_state(template, config.maml2.num_categories).category_params
+        with open(os.path.join(path, "category_params.msgpack"), "rb") as f:
+            category_params = jax.tree.map(jnp.asarray, serialization.from_bytes(stacked, f.read()))
+    return config, parts, theta, category_params

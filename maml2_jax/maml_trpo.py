@@ -26,17 +26,17 @@ use every task, so the trust region is enforced on the full batch.
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
-
 import math
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh
 
-from maml2_jax import trpo
+from maml2_jax import sharding, trpo
 from maml2_jax.errors import ConfigError, check_positive_int
 from maml2_jax.learners.policy_gradient import Batch, PolicyGradientAdapter
-from maml2_jax.networks import GaussianPolicy, gaussian_kl
+from maml2_jax.networks import GaussianPolicy, gaussian_kl, gaussian_log_prob
 
 
 class IterationMetrics(NamedTuple):
@@ -64,23 +64,29 @@ def replay(adapter: PolicyGradientAdapter, params, batches: Batch):
     return adapted
 
 
-def make_maml_trpo_iteration(family, policy: GaussianPolicy, adapter: PolicyGradientAdapter, inner_steps: int,
-                             num_tasks: int, config: trpo.TRPOConfig = trpo.TRPOConfig(),
-                             curvature_fraction: float = 1.0) -> Callable:
-    """Returns ``iteration(params, key) -> (params, IterationMetrics)`` (pure; jit it).
+def make_maml_trpo_update(policy: GaussianPolicy, adapter: PolicyGradientAdapter, inner_steps: int,
+                          num_tasks: int, config: trpo.TRPOConfig = trpo.TRPOConfig(),
+                          curvature_fraction: float = 1.0, mesh: Mesh | None = None) -> Callable:
+    """Returns ``update(params, tasks [T, ...], key) -> (params, IterationMetrics)``.
 
-    ``curvature_fraction`` in (0, 1]: share of the meta-batch's tasks used for the
-    curvature products (see the module docstring).
+    The MAML-TRPO meta-update of one parameter set over the given tasks (pure; jit
+    it, or vmap it over categories as deep MAML² does).
+
+    ``curvature_fraction`` in (0, 1]: share of the tasks used for the curvature
+    products (see the module docstring). ``mesh``: a 1-D ``"tasks"`` mesh
+    (:func:`maml2_jax.sharding.task_mesh`) to split the tasks over, or None for one
+    device; ``num_tasks`` must be a multiple of its size.
     """
     check_positive_int("meta-batch size", num_tasks)
+    sharding.check_divisible(num_tasks, mesh)
     check_positive_int("inner steps", inner_steps)
     if not 0.0 < curvature_fraction <= 1.0:
         raise ConfigError(f"curvature fraction must be in (0, 1], got {curvature_fraction}")
     curvature_tasks = max(1, math.ceil(curvature_fraction * num_tasks))
 
-    def iteration(params, key):
-        k_tasks, k_inner, k_outer = jax.random.split(key, 3)
-        tasks, _ = family.sample_tasks(k_tasks, num_tasks)
+    def update(params, tasks, key):
+        tasks = sharding.constrain_tasks(tasks, mesh)
+        k_inner, k_outer = jax.random.split(key)
         inner_keys = jax.random.split(k_inner, num_tasks)
         outer_keys = jax.random.split(k_outer, num_tasks)
         batches, adapted = jax.vmap(lambda t, k: collect_inner(adapter, inner_steps, params, t, k))(tasks, inner_keys)
@@ -97,23 +103,40 @@ def make_maml_trpo_iteration(family, policy: GaussianPolicy, adapter: PolicyGrad
             means, log_stds = jax.vmap(policy.mean_and_log_std)(adapted_of(p, head), obs[:tasks])
             return means, jnp.broadcast_to(log_stds[:, None, None, :], means.shape)
 
-        old_means, old_log_stds = jax.lax.stop_gradient(distribution(params))
+        # θ'_i(θ_old) is ``adapted``: the old policies need no replay of the adaptation.
+        old_means, old_log_stds = jax.vmap(policy.mean_and_log_std)(adapted, obs)
+        old_log_stds = jnp.broadcast_to(old_log_stds[:, None, None, :], old_means.shape)
 
-        def surrogate(p):
-            log_probs = jax.vmap(policy.log_prob)(adapted_of(p), obs, actions)
-            return jnp.mean(jnp.exp(log_probs - old_log_probs) * outer.advantages)
-
-        def kl(p):
-            means, log_stds = distribution(p)
-            return jnp.mean(gaussian_kl(old_means, old_log_stds, means, log_stds))
+        def objective(p):
+            # One replay of the adaptation serves the surrogate and the KL.
+            means, log_stds = jax.vmap(policy.mean_and_log_std)(adapted_of(p), obs)
+            log_stds = jnp.broadcast_to(log_stds[:, None, None, :], means.shape)
+            log_probs = gaussian_log_prob(actions, means, log_stds)
+            surrogate = jnp.mean(jnp.exp(log_probs - old_log_probs) * outer.advantages)
+            return surrogate, jnp.mean(gaussian_kl(old_means, old_log_stds, means, log_stds))
 
         curvature = lambda p: distribution(p, curvature_tasks)  # noqa: E731
-        new_params, stats = trpo.trpo_step(config, surrogate, kl, curvature, params)
+        new_params, stats = trpo.trpo_step(config, objective, curvature, params)
         metrics = IterationMetrics(
             pre_return=jnp.mean(jnp.sum(batches.trajectories.rewards[:, 0], axis=-1)),
             post_return=jnp.mean(jnp.sum(outer.trajectories.rewards, axis=-1)),
             trpo=stats,
         )
         return new_params, metrics
+
+    return update
+
+
+def make_maml_trpo_iteration(family, policy: GaussianPolicy, adapter: PolicyGradientAdapter, inner_steps: int,
+                             num_tasks: int, config: trpo.TRPOConfig = trpo.TRPOConfig(),
+                             curvature_fraction: float = 1.0, mesh: Mesh | None = None) -> Callable:
+    """Returns ``iteration(params, key) -> (params, IterationMetrics)`` (pure; jit it):
+    ``num_tasks`` fresh tasks from ``family``, then :func:`make_maml_trpo_update`."""
+    update = make_maml_trpo_update(policy, adapter, inner_steps, num_tasks, config, curvature_fraction, mesh)
+
+    def iteration(params, key):
+        k_tasks, k_update = jax.random.split(key)
+        tasks, _ = family.sample_tasks(k_tasks, num_tasks)
+        return update(params, tasks, k_update)
 
     return iteration

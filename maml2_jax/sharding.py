@@ -1,8 +1,16 @@
-"""Spreading independent runs over devices with JAX's own sharding.
+"""Spreading work over devices with JAX's own sharding.
 
-Every stage of an experiment is independent across runs, so the run axis is split
-over a 1-D :class:`jax.sharding.Mesh` of all devices with ``shard_map``: each device
-runs its own lanes in its own loops and no collective is needed. The same code runs
+Two axes are split over a 1-D :class:`jax.sharding.Mesh` of all devices:
+
+* **runs** (the tabular experiment): every stage is independent across runs, so
+  ``shard_map`` gives each device its own lanes in its own loops and no collective is
+  needed (:func:`shard_runs`);
+* **tasks** (the deep track's meta-batch): the meta-iteration is written for one
+  device, vmapped over tasks; :func:`constrain_tasks` pins the task axis to the mesh
+  and XLA's partitioner splits every per-task computation and inserts the reductions
+  over tasks (the surrogate's mean, the curvature products' sum) as all-reduces.
+
+The same code runs
 on one CPU, several simulated CPU devices
 (``XLA_FLAGS=--xla_force_host_platform_device_count=N``), a GPU or a TPU slice.
 
@@ -21,9 +29,12 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, PartitionSpec
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from maml2_jax.errors import ConfigError
 
 RUN_AXIS = "runs"
+TASK_AXIS = "tasks"
 _HOST_FLAG = "--xla_force_host_platform_device_count"
 
 
@@ -44,6 +55,32 @@ def run_mesh(devices=None) -> Mesh:
     """A 1-D mesh named ``"runs"`` over ``devices`` (default: all devices)."""
     devices = jax.devices() if devices is None else devices
     return Mesh(np.asarray(devices), (RUN_AXIS,))
+
+
+def task_mesh(devices=None) -> Mesh:
+    """A 1-D mesh named ``"tasks"`` over ``devices`` (default: all devices)."""
+    devices = jax.devices() if devices is None else devices
+    return Mesh(np.asarray(devices), (TASK_AXIS,))
+
+
+def check_divisible(num_tasks: int, mesh: Mesh | None) -> None:
+    """ConfigError unless the meta-batch splits evenly over the mesh's devices."""
+    if mesh is None:
+        return
+    devices = mesh.devices.size
+    if num_tasks % devices:
+        raise ConfigError(
+            f"meta-batch size {num_tasks} does not divide evenly over {devices} devices; "
+            f"use a multiple of {devices}"
+        )
+
+
+def constrain_tasks(tree, mesh: Mesh | None):
+    """Pins the leading (task) axis of every leaf to the mesh; identity when ``mesh`` is None."""
+    if mesh is None:
+        return tree
+    sharded = NamedSharding(mesh, PartitionSpec(TASK_AXIS))
+    return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, sharded), tree)
 
 
 def shard_runs(fn: Callable, mesh: Mesh | None, num_args: int) -> Callable:

@@ -60,8 +60,12 @@ class TRPOConfig:
             raise ConfigError(f"line search ratio must be in (0, 1), got {self.line_search_ratio}")
 
 
-def conjugate_gradient(matvec: Callable, b: jax.Array, iterations: int) -> jax.Array:
-    """Approximately solves ``A x = b`` for symmetric positive-definite ``A`` (flat vectors)."""
+def conjugate_gradient(matvec: Callable, b: jax.Array, iterations: int) -> tuple[jax.Array, jax.Array]:
+    """Approximately solves ``A x = b`` for symmetric positive-definite ``A`` (flat vectors).
+
+    Returns ``(x, xᵀA x)``. The quadratic form comes from CG's own residual,
+    ``A x = b − r``, so TRPO's step size costs no extra curvature product.
+    """
 
     def body(_, carry):
         x, r, p, rr = carry
@@ -74,8 +78,8 @@ def conjugate_gradient(matvec: Callable, b: jax.Array, iterations: int) -> jax.A
         return x, r, p, rr_new
 
     x0 = jnp.zeros_like(b)
-    x, *_ = jax.lax.fori_loop(0, iterations, body, (x0, b, b, jnp.vdot(b, b)))
-    return x
+    x, r, *_ = jax.lax.fori_loop(0, iterations, body, (x0, b, b, jnp.vdot(b, b)))
+    return x, jnp.vdot(x, b - r)
 
 
 def gaussian_fisher_product(distribution: Callable, params) -> Callable:
@@ -111,13 +115,15 @@ class TRPOStats(NamedTuple):
     step_fraction: jax.Array  # c^k of the accepted step, 0 if none was accepted
 
 
-def trpo_step(config: TRPOConfig, surrogate: Callable, kl: Callable, distribution: Callable, params):
+def trpo_step(config: TRPOConfig, objective: Callable, distribution: Callable, params):
     """One constrained step. Pure and jit-able.
 
     Args:
       config: TRPO settings.
-      surrogate: ``params -> scalar`` to maximise.
-      kl: ``params -> scalar``, the mean KL from the old policy (0 at ``params``).
+      objective: ``params -> (surrogate, kl)``: the scalar to maximise and the mean
+        KL from the old policy (0 at ``params``). One function for both, because the
+        line search needs both at every candidate and they usually share their
+        expensive part (for MAML, replaying the adaptation).
       distribution: ``params -> (means, log_stds)`` for the curvature (see
         :func:`gaussian_fisher_product`); may cover a subsample of the samples the
         KL averages over.
@@ -127,19 +133,14 @@ def trpo_step(config: TRPOConfig, surrogate: Callable, kl: Callable, distributio
       ``(new params, TRPOStats)``.
     """
     flat, unravel = ravel_pytree(params)
-    before, grad = jax.value_and_grad(lambda f: surrogate(unravel(f)))(flat)
+    (before, _), grad = jax.value_and_grad(lambda f: objective(unravel(f)), has_aux=True)(flat)
     fisher = gaussian_fisher_product(distribution, params)
 
     def damped(v):
         return fisher(v) + config.cg_damping * v
 
-    direction = conjugate_gradient(damped, grad, config.cg_iterations)
-    curvature = jnp.vdot(direction, damped(direction))
+    direction, curvature = conjugate_gradient(damped, grad, config.cg_iterations)
     full_step = jnp.sqrt(2.0 * config.max_kl / jnp.maximum(curvature, 1e-30)) * direction
-
-    def evaluate(fraction):
-        candidate = unravel(flat + fraction * full_step)
-        return surrogate(candidate), kl(candidate)
 
     def not_accepted(carry):
         k, _, value, divergence = carry
@@ -149,7 +150,7 @@ def trpo_step(config: TRPOConfig, surrogate: Callable, kl: Callable, distributio
     def try_next(carry):
         k, _, _, _ = carry
         fraction = config.line_search_ratio ** k.astype(jnp.float32)
-        value, divergence = evaluate(fraction)
+        value, divergence = objective(unravel(flat + fraction * full_step))
         return k + 1, fraction, value, divergence
 
     k0 = jnp.int32(0)

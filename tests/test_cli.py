@@ -83,3 +83,26 @@ def test_train_bad_input_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err == "maml2: error: iterations must be a positive integer, got 0"
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [(["--algo", "maml2", "--categories", "9", "--pool-size", "4"], "cannot make 9 categories"),
+     (["--devices", "2"], "only 1 are visible"),
+     (["--algo", "maml2", "--feature", "grad"], "invalid choice"),
+     (["--algo", "maml2", "--recluster-every", "0"], "recluster interval must be a positive integer")],
+)
+def test_train_maml2_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, args, message):
+    assert cli.main(["train", "--out", str(tmp_path / "x"), *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err
+    assert not (tmp_path / "x").exists()
+
+
+def test_evaluate_bad_input_is_one_line(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert cli.main(["evaluate", str(tmp_path / "empty"), "--out", str(tmp_path / "e")]) == 2
+    assert "no training runs" in capsys.readouterr().err
+    assert cli.main(["evaluate", str(tmp_path / "missing"), "--out", str(tmp_path / "e")]) == 2
+    assert "is not a directory" in capsys.readouterr().err
+    assert not (tmp_path / "e").exists()

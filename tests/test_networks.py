@@ -88,3 +88,16 @@ def test_min_std_floor_keeps_log_prob_finite():
 def test_config_errors(kwargs, message):
     with pytest.raises(ConfigError, match=message):
         PolicyConfig(**kwargs)
+
+
+def test_xavier_uniform_init_is_bounded_and_differs_from_the_default():
+    xavier = make_gaussian_policy(2, 2, PolicyConfig(weight_init="xavier_uniform")).init(jax.random.key(0))
+    lecun = make_gaussian_policy(2, 2).init(jax.random.key(0))
+    kernel = np.asarray(xavier["mlp"]["Dense_1"]["kernel"])  # 64 x 64
+    bound = np.sqrt(6.0 / (64 + 64))
+    assert np.abs(kernel).max() <= bound and np.abs(kernel).max() > 0.9 * bound
+    np.testing.assert_allclose(kernel.std(), bound / np.sqrt(3.0), rtol=0.05)  # uniform's std
+    assert not np.allclose(kernel, lecun["mlp"]["Dense_1"]["kernel"])
+    assert np.all(np.asarray(xavier["mlp"]["Dense_1"]["bias"]) == 0)
+    with pytest.raises(ConfigError, match="weight_init"):
+        PolicyConfig(weight_init="orthogonal")

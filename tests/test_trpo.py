@@ -18,8 +18,10 @@ def test_conjugate_gradient_solves_an_spd_system():
     a = jax.random.normal(jax.random.key(0), (6, 6))
     matrix = a @ a.T + 0.5 * jnp.eye(6)
     b = jax.random.normal(jax.random.key(1), (6,))
-    x = trpo.conjugate_gradient(lambda v: matrix @ v, b, iterations=6)  # exact in n steps
+    x, quadratic = trpo.conjugate_gradient(lambda v: matrix @ v, b, iterations=6)  # exact in n steps
     np.testing.assert_allclose(matrix @ x, b, rtol=1e-3, atol=1e-3)
+    # The quadratic form read off CG's residual is xᵀAx computed directly.
+    np.testing.assert_allclose(quadratic, x @ matrix @ x, rtol=1e-4)
 
 
 def _tiny_policy_problem():
@@ -66,7 +68,8 @@ def test_trpo_step_improves_the_surrogate_within_max_kl():
 
     for max_kl in (0.01, 0.001):
         config = trpo.TRPOConfig(max_kl=max_kl)
-        new_params, stats = jax.jit(lambda p: trpo.trpo_step(config, surrogate, kl, distribution, p))(params)
+        objective = lambda p: (surrogate(p), kl(p))  # noqa: E731
+        new_params, stats = jax.jit(lambda p: trpo.trpo_step(config, objective, distribution, p))(params)
         assert float(stats.step_fraction) > 0
         assert float(surrogate(new_params)) > float(surrogate(params))
         assert 0 < float(kl(new_params)) <= max_kl

@@ -1,0 +1,151 @@
+"""Evaluation of deep-track runs: return per adaptation step, per category, per method.
+
+``evaluate(run_dirs)`` loads ``maml2 train`` outputs of one task family and adapts
+every method on the same fresh test tasks:
+
+* ``maml``: θ of each MAML run, K policy-gradient steps;
+* ``maml2``: θ of each MAML² run, one step, reset to θ_{c*} by update tendency, then
+  K − 1 more (:func:`maml2_jax.deep_maml2.adaptation_curve`);
+* ``maml2_no_reset``: the same θ without the reset (the ablation);
+* ``lfs``: learning from scratch, a freshly initialised policy per run seed.
+
+Each run is a seed; per category (the family's ground truth) the summary holds the
+mean over seeds of the per-seed mean return, its 95% band and the seed-to-seed
+standard deviation.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import numpy as np
+
+from maml2_jax import deep_maml2, deep_training
+from maml2_jax.errors import ConfigError, check_positive_int
+from maml2_jax.evaluation import band
+
+METHODS = ("maml2", "maml2_no_reset", "maml", "lfs")
+LFS_SEED_OFFSET = 7_919  # LFS initialisations differ from every run's own θ_init
+
+
+def find_runs(path: str) -> list[str]:
+    """``path`` itself if it is a run directory, else its sub-directories that are runs (sorted)."""
+    if not os.path.isdir(path):
+        raise ConfigError(f"{path} is not a directory")
+    if os.path.isfile(os.path.join(path, "config.json")):
+        return [path]
+    runs = sorted(os.path.join(path, d) for d in os.listdir(path)
+                  if os.path.isfile(os.path.join(path, d, "config.json")))
+    if not runs:
+        raise ConfigError(f"no training runs (directories with config.json) in {path}")
+    return runs
+
+
+def _curve_function(adapter, steps: int):
+    """``(theta, category_params | None, tasks, key, reset) -> (returns [T, steps+1], c* [T])``, jitted once."""
+
+    def curves(theta, category_params, tasks, key, reset):
+        def one(task, k):
+            return deep_maml2.adaptation_curve(adapter, steps, theta, task, k, category_params, reset)
+
+        return jax.vmap(one)(tasks, jax.random.split(key, tasks.shape[0]))
+
+    return jax.jit(curves, static_argnames="reset")
+
+
+def _category_meaning(path: str, num_categories: int) -> list[int]:
+    """Learned category → the ground-truth category most of its pool tasks have (last classification)."""
+    with open(os.path.join(path, "categories.json")) as f:
+        record = json.load(f)
+    labels = np.asarray(record["classifications"][-1]["labels"])
+    truth = np.asarray(record["pool_categories"])
+    return [int(np.bincount(truth[labels == c]).argmax()) if np.any(labels == c) else -1
+            for c in range(num_categories)]
+
+
+def evaluate(run_dirs: list[str], num_tasks: int = 40, steps: int = 3, seed: int = 0) -> dict:
+    """Adapts every method of every run on ``num_tasks`` test tasks for ``steps`` steps.
+
+    Returns the JSON-ready summary: ``env``; ``steps``; ``categories`` {category:
+    number of test tasks}; ``runs`` {method: [run dirs]}; ``mean_return``,
+    ``ci95`` and ``seed_std`` {method: {category: [steps + 1]}} (entry k: the return
+    of the policy in use after k adaptation steps); ``per_seed`` {method: {category:
+    [[steps + 1] per seed]}}; ``chosen`` {category: {category: count}}, how often
+    MAML²'s update tendency reset a test task of the first category to a learned
+    category whose pool tasks are mostly of the second (summed over runs; the
+    diagonal is a right pick); ``tendency_accuracy`` {category: share of right picks}.
+    """
+    check_positive_int("number of test tasks", num_tasks)
+    check_positive_int("adaptation steps", steps)
+    loaded = [deep_training.load_run(path) for path in run_dirs]
+    envs = {config.env for config, *_ in loaded}
+    if len(envs) != 1:
+        raise ConfigError(f"runs of different task families cannot be compared: {sorted(envs)}")
+    parts = loaded[0][1]
+    tasks, truth = parts.family.sample_tasks(jax.random.key(seed), num_tasks)
+    truth = np.asarray(truth)
+    key = jax.random.key(seed + 1)
+    per_task = {m: [] for m in METHODS}
+    runs = {m: [] for m in METHODS}
+    chosen = {}
+    lfs_seeds = set()
+    compiled = {}  # one jitted function per learner setting, shared by the runs that use it
+    for path, (config, run_parts, theta, category_params) in zip(run_dirs, loaded):
+        setting = (config.policy, config.inner)
+        if setting not in compiled:
+            compiled[setting] = _curve_function(run_parts.adapter, steps)
+        curves = compiled[setting]
+        if config.algo == "maml2":
+            curve, picked = jax.device_get(curves(theta, category_params, tasks, key, reset=True))
+            per_task["maml2"].append(curve)
+            runs["maml2"].append(path)
+            meaning = _category_meaning(path, config.maml2.num_categories)
+            for t, c in zip(truth, picked):
+                counts = chosen.setdefault(str(t), {})
+                counts[str(meaning[int(c)])] = counts.get(str(meaning[int(c)]), 0) + 1
+            per_task["maml2_no_reset"].append(jax.device_get(curves(theta, None, tasks, key, reset=False))[0])
+            runs["maml2_no_reset"].append(path)
+        else:
+            per_task["maml"].append(jax.device_get(curves(theta, None, tasks, key, reset=False))[0])
+            runs["maml"].append(path)
+        if config.seed not in lfs_seeds:
+            lfs_seeds.add(config.seed)
+            fresh = run_parts.policy.init(jax.random.key(config.seed + LFS_SEED_OFFSET))
+            per_task["lfs"].append(jax.device_get(curves(fresh, None, tasks, key, reset=False))[0])
+            runs["lfs"].append(f"seed {config.seed}")
+    categories = sorted({int(c) for c in truth})
+    summary = {"env": envs.pop(), "steps": steps, "seed": seed,
+               "categories": {str(c): int(np.sum(truth == c)) for c in categories},
+               "runs": {m: r for m, r in runs.items() if r},
+               "mean_return": {}, "ci95": {}, "seed_std": {}, "per_seed": {}, "chosen": chosen}
+    summary["tendency_accuracy"] = {t: counts.get(t, 0) / sum(counts.values()) for t, counts in chosen.items()}
+    for method, curves in per_task.items():
+        if not curves:
+            continue
+        curves = np.asarray(curves, np.float64)  # [seeds, T, steps + 1]
+        for name in ("mean_return", "ci95", "seed_std", "per_seed"):
+            summary[name][method] = {}
+        for c in categories:
+            per_seed = curves[:, truth == c].mean(axis=1)  # [seeds, steps + 1]
+            mean, half = band(per_seed)
+            std = per_seed.std(axis=0, ddof=1) if per_seed.shape[0] > 1 else np.zeros_like(mean)
+            summary["mean_return"][method][str(c)] = mean.tolist()
+            summary["ci95"][method][str(c)] = half.tolist()
+            summary["seed_std"][method][str(c)] = std.tolist()
+            summary["per_seed"][method][str(c)] = per_seed.tolist()
+    return summary
+
+
+def table(summary: dict) -> str:
+    """Plain text: mean return per method and category, after each adaptation step."""
+    lines = [f"mean return per episode on {summary['env']} (higher is better), after 0..{summary['steps']} "
+             "adaptation steps; ± seed-to-seed std"]
+    for c, count in summary["categories"].items():
+        lines.append(f"category {c} ({count} test tasks)")
+        for method, by_category in summary["mean_return"].items():
+            std = summary["seed_std"][method][c]
+            cells = "".join(f"{m:9.1f} ±{s:5.1f}" for m, s in zip(by_category[c], std))
+            lines.append(f"  {method:<16}{cells}")
+    return "\n".join(lines)
