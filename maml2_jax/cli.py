@@ -196,13 +196,18 @@ def run_gridworld(args) -> None:
 def _add_train(sub) -> None:
     from maml2_jax.deep_maml2 import CATEGORY_INITS, FEATURES
     from maml2_jax.deep_training import ALGORITHMS, TrainConfig
-    from maml2_jax.envs.nav2d import TASK_FAMILIES
+    from maml2_jax.envs import family_names
     from maml2_jax.maml2 import OUTER_MODES
 
     d = TrainConfig()
     m = d.maml2
-    p = sub.add_parser("train", help="meta-train a neural policy (deep track: MAML-TRPO or MAML² on 2-D navigation)")
-    p.add_argument("--env", choices=TASK_FAMILIES, default=d.env, help="task family (default %(default)s)")
+    p = sub.add_parser("train", help="meta-train a neural policy (deep track: MAML-TRPO or MAML²)")
+    p.add_argument("--env", choices=family_names(), default=d.env, metavar="ENV",
+                   help=f"task family: {', '.join(family_names())} (default %(default)s)")
+    p.add_argument("--horizon", type=int, default=d.horizon,
+                   help="steps per episode (default %(default)s: the family's, 100 for nav2d, 200 for brax)")
+    p.add_argument("--backend", default=d.backend,
+                   help="brax physics backend: spring, positional, generalized, mjx (default: spring)")
     p.add_argument("--algo", choices=ALGORITHMS, default=d.algo, help="meta-learning algorithm (default %(default)s)")
     p.add_argument("--iterations", type=int, default=d.iterations,
                    help="meta-iterations; MAML²: outer iterations (default %(default)s)")
@@ -239,11 +244,16 @@ def _add_train(sub) -> None:
                    help="global move: mean of vmapped categories, or the sequential rule (default %(default)s)")
     g.add_argument("--category-init", choices=CATEGORY_INITS, default=m.category_init,
                    help="θ_c carries on (persistent) or restarts from θ each outer iteration (default %(default)s)")
+    p.add_argument("--distributed", action="store_true",
+                   help="multi-host: call jax.distributed.initialize() first (coordinator from the cluster "
+                        "environment or JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID) and split "
+                        "the tasks over the devices of every host; only process 0 writes")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def run_train(args) -> None:
     """Impure: trains, shows progress, writes the outputs."""
+    import jax
     from tqdm import tqdm
 
     from maml2_jax import deep_training
@@ -253,7 +263,8 @@ def run_train(args) -> None:
     from maml2_jax.trpo import TRPOConfig
 
     config = deep_training.TrainConfig(
-        env=args.env, algo=args.algo, iterations=args.iterations, seed=args.seed,
+        env=args.env, horizon=args.horizon, backend=args.backend, algo=args.algo, iterations=args.iterations,
+        seed=args.seed,
         meta_batch_size=args.meta_batch_size, curvature_fraction=args.curvature_fraction, devices=args.devices,
         inner=PolicyGradientConfig(num_trajectories=args.num_trajectories, inner_steps=args.inner_steps,
                                    inner_lr=args.inner_lr, first_order=args.first_order),
@@ -264,15 +275,19 @@ def run_train(args) -> None:
                               recluster_every=args.recluster_every, feature=args.feature,
                               outer_update=args.outer_update, category_init=args.category_init),
     )
+    if args.distributed:
+        jax.distributed.initialize()  # before any computation; jax.devices() then spans every host
     deep_training.mesh_for(config)  # refuse a meta-batch that does not split before writing anything
-    check_writable(args.out)
-    bar = tqdm(total=config.iterations, disable=args.quiet, desc=f"{config.algo} on {config.env}")
+    writer = not args.distributed or jax.process_index() == 0
+    if writer:
+        check_writable(args.out)
+    bar = tqdm(total=config.iterations, disable=args.quiet or not writer, desc=f"{config.algo} on {config.env}")
 
     def progress(row):
         bar.set_postfix(pre=f"{row['pre_return']:.1f}", post=f"{row['post_return']:.1f}")
         bar.update()
 
-    _, history = deep_training.train(config, args.out, progress)
+    _, history = deep_training.train(config, args.out if writer else None, progress)
     bar.close()
     last = history[-1]
     print(f"iteration {last['iteration']}: return {last['pre_return']:.1f} before, {last['post_return']:.1f} after "

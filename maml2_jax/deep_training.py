@@ -27,6 +27,7 @@ import numpy as np
 from flax import serialization
 
 from maml2_jax import clustering, deep_maml2, sharding
+from maml2_jax import envs
 from maml2_jax.envs import nav2d
 from maml2_jax.errors import ConfigError, check_positive_int
 from maml2_jax.learners.policy_gradient import PolicyGradientConfig, make_policy_gradient_adapter
@@ -42,7 +43,11 @@ class TrainConfig:
     """A deep-track training run (defaults: the customary MAML-TRPO 2-D navigation config).
 
     Attributes:
-      env: task family name (``nav2d``, ``nav2d-isolated``).
+      env: task family name (``nav2d``, ``nav2d-isolated``, or a brax family such as
+        ``halfcheetah-vel``; see :func:`maml2_jax.envs.family_names`).
+      horizon: steps per episode (0: the family's default, 100 for 2-D navigation,
+        200 for brax).
+      backend: brax physics pipeline ("": the default; brax families only).
       algo: ``maml`` (MAML-TRPO) or ``maml2`` (deep MAML², see ``maml2``).
       iterations: meta-iterations (MAML²: outer iterations).
       seed: seed of the initial parameters and of every iteration's randomness.
@@ -54,6 +59,8 @@ class TrainConfig:
     """
 
     env: str = "nav2d"
+    horizon: int = 0
+    backend: str = ""
     algo: str = "maml"
     iterations: int = 50
     seed: int = 1
@@ -66,8 +73,17 @@ class TrainConfig:
     maml2: deep_maml2.DeepMAML2Config = deep_maml2.DeepMAML2Config()
 
     def __post_init__(self):
-        if self.env not in nav2d.TASK_FAMILIES:
-            raise ConfigError(f"unknown env {self.env!r}; choose from {', '.join(nav2d.TASK_FAMILIES)}")
+        if self.env not in envs.family_names():
+            raise ConfigError(f"unknown env {self.env!r}; choose from {', '.join(envs.family_names())}")
+        if self.backend:
+            from maml2_jax.envs import brax_tasks
+
+            if self.env not in brax_tasks.TASK_FAMILIES:
+                raise ConfigError(f"a physics backend applies to brax families only, not {self.env!r}")
+            if self.backend not in brax_tasks.BACKENDS:
+                raise ConfigError(f"unknown brax backend {self.backend!r}; valid: {', '.join(brax_tasks.BACKENDS)}")
+        if self.horizon < 0:
+            raise ConfigError(f"horizon must be a positive integer (0: the family's default), got {self.horizon}")
         if self.algo not in ALGORITHMS:
             raise ConfigError(f"algo must be one of {', '.join(ALGORITHMS)}, got {self.algo!r}")
         check_positive_int("iterations", self.iterations)
@@ -94,9 +110,16 @@ class TrainConfig:
 def mesh_for(config: TrainConfig):
     """The task mesh of the run (None on one device); ConfigError if the tasks do not split."""
     devices = jax.devices()
-    count = len(devices) if config.devices == 0 else config.devices
+    brax_on_cpu = config.env not in nav2d.TASK_FAMILIES and devices[0].platform == "cpu"
+    count = (1 if brax_on_cpu else len(devices)) if config.devices == 0 else config.devices
     if count > len(devices):
         raise ConfigError(f"asked for {count} devices but only {len(devices)} are visible")
+    if brax_on_cpu and count > 1:
+        # Measured: the brax families' sampling (rollout plus baseline fit) never
+        # returns when split over 2 simulated CPU devices, with shard_map as with the
+        # partitioner; each piece alone runs. Refused rather than left to hang.
+        raise ConfigError("splitting brax tasks over several CPU devices hangs in XLA's CPU runtime; "
+                          "use --devices 1 (GPU/TPU not measured)")
     if count == 1:
         return None
     mesh = sharding.task_mesh(devices[:count])
@@ -111,7 +134,7 @@ class Parts:
     """The pure pieces of a run, built once: family, policy, adapter and meta-update."""
 
     def __init__(self, config: TrainConfig, mesh=None):
-        self.family = nav2d.make_task_family(config.env)
+        self.family = envs.make_task_family(config.env, config.horizon, config.backend)
         self.policy = make_gaussian_policy(self.family.obs_dim, self.family.action_dim, config.policy)
         self.adapter = make_policy_gradient_adapter(self.family, self.policy, config.inner)
         self.update = make_maml_trpo_update(self.policy, self.adapter, config.inner.inner_steps,

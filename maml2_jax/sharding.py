@@ -10,8 +10,7 @@ Two axes are split over a 1-D :class:`jax.sharding.Mesh` of all devices:
   and XLA's partitioner splits every per-task computation and inserts the reductions
   over tasks (the surrogate's mean, the curvature products' sum) as all-reduces.
 
-The same code runs
-on one CPU, several simulated CPU devices
+The same code runs on one CPU, several simulated CPU devices
 (``XLA_FLAGS=--xla_force_host_platform_device_count=N``), a GPU or a TPU slice.
 
 On a CPU host, XLA shows one device for all cores, and the lane loops of this

@@ -34,7 +34,9 @@ def test_short_training_run_improves_post_adaptation_return(tmp_path):
 @pytest.mark.parametrize(
     "kwargs,message",
     [(dict(env="cheetah"), "unknown env"), (dict(algo="reptile"), "algo"), (dict(iterations=0), "iterations"),
-     (dict(curvature_fraction=2.0), "curvature"), (dict(devices=-1), "devices")],
+     (dict(curvature_fraction=2.0), "curvature"), (dict(devices=-1), "devices"),
+     (dict(backend="spring"), "brax families only"), (dict(env="halfcheetah-vel", backend="bullet"), "unknown brax"),
+     (dict(horizon=-5), "horizon")],
 )
 def test_config_errors(kwargs, message):
     with pytest.raises(ConfigError, match=message):
