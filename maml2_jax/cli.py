@@ -201,9 +201,10 @@ def _add_train(sub) -> None:
 
     d = TrainConfig()
     m = d.maml2
+    families = family_names()
     p = sub.add_parser("train", help="meta-train a neural policy (deep track: MAML-TRPO or MAML²)")
-    p.add_argument("--env", choices=family_names(), default=d.env, metavar="ENV",
-                   help=f"task family: {', '.join(family_names())} (default %(default)s)")
+    p.add_argument("--env", choices=families, default=d.env, metavar="ENV",
+                   help=f"task family: {', '.join(families)} (default %(default)s)")
     p.add_argument("--horizon", type=int, default=d.horizon,
                    help="steps per episode (default %(default)s: the family's, 100 for nav2d, 200 for brax)")
     p.add_argument("--backend", default=d.backend,

@@ -104,7 +104,8 @@ def evaluate(run_dirs: list[str], num_tasks: int = 40, steps: int = 3, seed: int
             meaning = _category_meaning(path, config.maml2.num_categories)
             for t, c in zip(truth, picked):
                 counts = chosen.setdefault(str(t), {})
-                counts[str(meaning[int(c)])] = counts.get(str(meaning[int(c)]), 0) + 1
+                picked_truth = str(meaning[int(c)])
+                counts[picked_truth] = counts.get(picked_truth, 0) + 1
             per_task["maml2_no_reset"].append(jax.device_get(curves(theta, None, tasks, key, reset=False))[0])
             runs["maml2_no_reset"].append(path)
         else:

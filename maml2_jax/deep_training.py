@@ -124,9 +124,7 @@ def mesh_for(config: TrainConfig):
         return None
     mesh = sharding.task_mesh(devices[:count])
     what = "tasks per category" if config.algo == "maml2" else "meta-batch size"
-    if config.tasks_per_update % count:
-        raise ConfigError(f"{what} {config.tasks_per_update} does not divide evenly over {count} devices; "
-                          f"use a multiple of {count} or set devices")
+    sharding.check_divisible(config.tasks_per_update, mesh, what)
     return mesh
 
 

@@ -97,20 +97,22 @@ def make_maml_trpo_update(policy: GaussianPolicy, adapter: PolicyGradientAdapter
         def adapted_of(p, batches=batches):
             return jax.vmap(lambda b: replay(adapter, p, b))(batches)
 
-        def distribution(p, tasks=num_tasks):
-            # The policy of each of the first ``tasks`` tasks, on its outer observations.
-            head = jax.tree.map(lambda x: x[:tasks], batches)
-            means, log_stds = jax.vmap(policy.mean_and_log_std)(adapted_of(p, head), obs[:tasks])
+        def policies(adapted_params, observations):
+            # Each task's adapted policy on its outer observations; log-stds broadcast to the means.
+            means, log_stds = jax.vmap(policy.mean_and_log_std)(adapted_params, observations)
             return means, jnp.broadcast_to(log_stds[:, None, None, :], means.shape)
 
+        def distribution(p, tasks=num_tasks):
+            # The policies of the first ``tasks`` tasks, as functions of θ.
+            head = jax.tree.map(lambda x: x[:tasks], batches)
+            return policies(adapted_of(p, head), obs[:tasks])
+
         # θ'_i(θ_old) is ``adapted``: the old policies need no replay of the adaptation.
-        old_means, old_log_stds = jax.vmap(policy.mean_and_log_std)(adapted, obs)
-        old_log_stds = jnp.broadcast_to(old_log_stds[:, None, None, :], old_means.shape)
+        old_means, old_log_stds = policies(adapted, obs)
 
         def objective(p):
             # One replay of the adaptation serves the surrogate and the KL.
-            means, log_stds = jax.vmap(policy.mean_and_log_std)(adapted_of(p), obs)
-            log_stds = jnp.broadcast_to(log_stds[:, None, None, :], means.shape)
+            means, log_stds = distribution(p)
             log_probs = gaussian_log_prob(actions, means, log_stds)
             surrogate = jnp.mean(jnp.exp(log_probs - old_log_probs) * outer.advantages)
             return surrogate, jnp.mean(gaussian_kl(old_means, old_log_stds, means, log_stds))

@@ -62,16 +62,14 @@ def task_mesh(devices=None) -> Mesh:
     return Mesh(np.asarray(devices), (TASK_AXIS,))
 
 
-def check_divisible(num_tasks: int, mesh: Mesh | None) -> None:
-    """ConfigError unless the meta-batch splits evenly over the mesh's devices."""
+def check_divisible(num_tasks: int, mesh: Mesh | None, what: str = "meta-batch size") -> None:
+    """ConfigError unless ``num_tasks`` (named ``what`` in the message) splits evenly over the mesh's devices."""
     if mesh is None:
         return
     devices = mesh.devices.size
     if num_tasks % devices:
-        raise ConfigError(
-            f"meta-batch size {num_tasks} does not divide evenly over {devices} devices; "
-            f"use a multiple of {devices}"
-        )
+        raise ConfigError(f"{what} {num_tasks} does not divide evenly over {devices} devices; "
+                          f"use a multiple of {devices}")
 
 
 def constrain_tasks(tree, mesh: Mesh | None):
