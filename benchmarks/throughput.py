@@ -1,8 +1,9 @@
 """Env-steps per second of meta-training on a task family, against a random-action ceiling.
 
 For a family, backend, number of tasks, trajectories and horizon, it compiles one
-MAML-TRPO meta-iteration (tasks split over every device, as ``maml2 train`` runs
-it), then times ``--iterations`` iterations (median) and reports
+MAML-TRPO meta-iteration (tasks split over devices as ``maml2 train --devices N``
+splits them, N from ``--devices``), then times ``--iterations`` iterations (median)
+and reports
 
 * seconds per meta-iteration and env-steps/s of meta-training — every rollout, the
   inner update, the meta-gradient, CG and the line search inside the timed call; the
@@ -73,9 +74,10 @@ def random_rollout_ceiling(family, tasks, trajectories, mesh, key, count):
     return {"compile_seconds": compile_seconds, "median_seconds": median, "env_steps_per_second": steps / median}
 
 
-def measure(family, num_tasks, trajectories, inner_steps, count, seed):
-    # The device split maml2 train would use (brax on a CPU host: one device).
-    mesh = deep_training.mesh_for(deep_training.TrainConfig(env=family.name, meta_batch_size=num_tasks))
+def measure(family, num_tasks, trajectories, inner_steps, count, seed, devices=0):
+    # The device split maml2 train --devices would use (0: its default).
+    mesh = deep_training.mesh_for(deep_training.TrainConfig(env=family.name, meta_batch_size=num_tasks,
+                                                            devices=devices))
     policy = make_gaussian_policy(family.obs_dim, family.action_dim)
     adapter = make_policy_gradient_adapter(family, policy, PolicyGradientConfig(num_trajectories=trajectories,
                                                                                 inner_steps=inner_steps))
@@ -96,7 +98,7 @@ def measure(family, num_tasks, trajectories, inner_steps, count, seed):
     tasks, _ = family.sample_tasks(key, num_tasks)
     ceiling = random_rollout_ceiling(family, tasks, trajectories * (inner_steps + 1), mesh, key, count)
     row = {"tasks": num_tasks, "trajectories": trajectories, "horizon": family.config.horizon,
-           "inner_steps": inner_steps, "devices_used": 1 if mesh is None else jax.device_count(),
+           "inner_steps": inner_steps, "devices_used": 1 if mesh is None else mesh.devices.size,
            "compile_seconds": compile_seconds, "seconds_per_iteration": median, "all_seconds": seconds,
            "env_steps_per_iteration": steps, "env_steps_per_second": steps / median,
            "ceiling": ceiling, "ratio_to_ceiling": (steps / median) / ceiling["env_steps_per_second"]}
@@ -113,6 +115,8 @@ def main():
     parser.add_argument("--inner-steps", type=int, default=1)
     parser.add_argument("--iterations", type=int, default=5, help="timed iterations (median)")
     parser.add_argument("--sweep", default="", help="comma-separated task counts, e.g. 8,16,32,...,1024")
+    parser.add_argument("--devices", type=int, default=0,
+                        help="devices to split the tasks over, as maml2 train --devices (default 0: its default)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="benchmarks/results/throughput.json")
     args = parser.parse_args()
@@ -123,11 +127,11 @@ def main():
     print(f"{args.env} ({family.config.backend if hasattr(family.config, 'backend') else 'jax'}), "
           f"{args.trajectories} trajectories x {args.horizon} steps, on {jax.device_count()} x "
           f"{jax.devices()[0].device_kind}")
-    print(f"{'tasks':>6} {'compile s':>10} {'s/iter':>8} {'meta-train steps/s':>19} {'ceiling steps/s':>16} {'ratio':>6}")
+    print(f"{'tasks':>6} {'devices':>7} {'compile s':>10} {'s/iter':>8} {'meta-train steps/s':>19} {'ceiling steps/s':>16} {'ratio':>6}")
     for count in counts:
-        row = measure(family, count, args.trajectories, args.inner_steps, args.iterations, args.seed)
+        row = measure(family, count, args.trajectories, args.inner_steps, args.iterations, args.seed, args.devices)
         rows.append(row)
-        print(f"{count:>6} {row['compile_seconds']:>10.1f} {row['seconds_per_iteration']:>8.3f} "
+        print(f"{count:>6} {row['devices_used']:>7} {row['compile_seconds']:>10.1f} {row['seconds_per_iteration']:>8.3f} "
               f"{row['env_steps_per_second']:>19,.0f} {row['ceiling']['env_steps_per_second']:>16,.0f} "
               f"{row['ratio_to_ceiling']:>6.2f}", flush=True)
     common.save({"benchmark": "throughput", **common.machine(), "env": args.env,

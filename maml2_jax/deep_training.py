@@ -28,7 +28,6 @@ from flax import serialization
 
 from maml2_jax import clustering, deep_maml2, sharding
 from maml2_jax import envs
-from maml2_jax.envs import nav2d
 from maml2_jax.errors import ConfigError, check_positive_int
 from maml2_jax.learners.policy_gradient import PolicyGradientConfig, make_policy_gradient_adapter
 from maml2_jax.maml_trpo import make_maml_trpo_iteration, make_maml_trpo_update
@@ -110,16 +109,9 @@ class TrainConfig:
 def mesh_for(config: TrainConfig):
     """The task mesh of the run (None on one device); ConfigError if the tasks do not split."""
     devices = jax.devices()
-    brax_on_cpu = config.env not in nav2d.TASK_FAMILIES and devices[0].platform == "cpu"
-    count = (1 if brax_on_cpu else len(devices)) if config.devices == 0 else config.devices
+    count = len(devices) if config.devices == 0 else config.devices
     if count > len(devices):
         raise ConfigError(f"asked for {count} devices but only {len(devices)} are visible")
-    if brax_on_cpu and count > 1:
-        # Measured: the brax families' sampling (rollout plus baseline fit) never
-        # returns when split over 2 simulated CPU devices, with shard_map as with the
-        # partitioner; each piece alone runs. Refused rather than left to hang.
-        raise ConfigError("splitting brax tasks over several CPU devices hangs in XLA's CPU runtime; "
-                          "use --devices 1 (GPU/TPU not measured)")
     if count == 1:
         return None
     mesh = sharding.task_mesh(devices[:count])

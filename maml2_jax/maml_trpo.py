@@ -11,8 +11,11 @@ For a meta-batch of tasks :math:`T_i` drawn from the family:
    .. math:: S(θ) = \frac{1}{T}\sum_i \hat{\mathbb{E}}_{D^{out}_i}
       \Big[\frac{π_{θ'_i(θ)}(a \mid o)}{π_{θ'_i(θ_{old})}(a \mid o)}\, A\Big]
 
-   is maximised by :func:`maml2_jax.trpo.trpo_step` under the mean KL between
-   :math:`π_{θ'_i(θ_{old})}` and :math:`π_{θ'_i(θ)}` on the outer observations.
+   is maximised by :func:`maml2_jax.trpo.trpo_step` under the mean
+   :math:`KL(π_{θ'_i(θ)} \,\|\, π_{θ'_i(θ_{old})})` on the outer observations (new
+   policy first, as pytorch-maml-rl has it; both orders have the same Hessian at
+   :math:`θ_{old}`, so only the line search's KL check depends on it).
+   Both means are :func:`maml2_jax.returns.episode_mean` over the episodes' steps.
 
 The whole iteration (sampling, adaptation, CG, line search) is one pure function of
 ``(params, key)``; ``jax.jit`` it once and call it every iteration.
@@ -37,6 +40,12 @@ from maml2_jax import sharding, trpo
 from maml2_jax.errors import ConfigError, check_positive_int
 from maml2_jax.learners.policy_gradient import Batch, PolicyGradientAdapter
 from maml2_jax.networks import GaussianPolicy, gaussian_kl, gaussian_log_prob
+from maml2_jax.returns import episode_mean
+
+
+def episode_weights(mask: jax.Array) -> jax.Array:
+    """Per-step weights ``w`` with ``Σ w·x = episode_mean(x, mask)`` (they sum to 1)."""
+    return mask / (jnp.sum(mask, axis=-1, keepdims=True) * (mask.size // mask.shape[-1]))
 
 
 class IterationMetrics(NamedTuple):
@@ -91,7 +100,7 @@ def make_maml_trpo_update(policy: GaussianPolicy, adapter: PolicyGradientAdapter
         outer_keys = jax.random.split(k_outer, num_tasks)
         batches, adapted = jax.vmap(lambda t, k: collect_inner(adapter, inner_steps, params, t, k))(tasks, inner_keys)
         outer = jax.vmap(adapter.sample)(adapted, tasks, outer_keys)
-        obs, actions = outer.trajectories.obs, outer.trajectories.actions
+        obs, actions, mask = outer.trajectories.obs, outer.trajectories.actions, outer.trajectories.mask
         old_log_probs = outer.trajectories.log_probs
 
         def adapted_of(p, batches=batches):
@@ -114,11 +123,12 @@ def make_maml_trpo_update(policy: GaussianPolicy, adapter: PolicyGradientAdapter
             # One replay of the adaptation serves the surrogate and the KL.
             means, log_stds = distribution(p)
             log_probs = gaussian_log_prob(actions, means, log_stds)
-            surrogate = jnp.mean(jnp.exp(log_probs - old_log_probs) * outer.advantages)
-            return surrogate, jnp.mean(gaussian_kl(old_means, old_log_stds, means, log_stds))
+            surrogate = episode_mean(jnp.exp(log_probs - old_log_probs) * outer.advantages, mask)
+            return surrogate, episode_mean(gaussian_kl(means, log_stds, old_means, old_log_stds), mask)
 
         curvature = lambda p: distribution(p, curvature_tasks)  # noqa: E731
-        new_params, stats = trpo.trpo_step(config, objective, curvature, params)
+        weights = episode_weights(mask[:curvature_tasks])
+        new_params, stats = trpo.trpo_step(config, objective, curvature, params, weights)
         metrics = IterationMetrics(
             pre_return=jnp.mean(jnp.sum(batches.trajectories.rewards[:, 0], axis=-1)),
             post_return=jnp.mean(jnp.sum(outer.trajectories.rewards, axis=-1)),

@@ -58,6 +58,21 @@ class PolicyConfig:
             raise ConfigError(f"need init_std > min_std > 0, got {self.init_std} and {self.min_std}")
 
 
+def _columnwise_dot(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
+    """``lhs [..., E] @ rhs [E, A]`` as A matrix-vector products, one per output column.
+
+    The same product as one matmul, up to float rounding. Why: the output layer has
+    few columns (the action size), and the weight gradient XLA's CPU backend emits for
+    ``hᵀ g`` with a narrow ``g`` ([rows, 64]ᵀ × [rows, 2], batched over tasks) measured
+    3.2 ms against 0.36 ms for the per-column form; every TRPO curvature product
+    differentiates that gradient.
+    """
+    del dimension_numbers  # flax Dense: contract lhs's last axis with rhs's first
+    column = lambda j: jax.lax.dot(lhs, rhs[:, j], precision=precision,  # noqa: E731
+                                   preferred_element_type=preferred_element_type)
+    return jnp.stack([column(j) for j in range(rhs.shape[1])], axis=-1)
+
+
 class _Mean(nn.Module):
     hidden_sizes: Sequence[int]
     activation: Callable
@@ -69,7 +84,7 @@ class _Mean(nn.Module):
         x = obs
         for width in self.hidden_sizes:
             x = self.activation(nn.Dense(width, kernel_init=self.kernel_init)(x))
-        return nn.Dense(self.action_dim, kernel_init=self.kernel_init)(x)
+        return nn.Dense(self.action_dim, kernel_init=self.kernel_init, dot_general=_columnwise_dot)(x)
 
 
 class GaussianPolicy(NamedTuple):

@@ -1,8 +1,8 @@
 r"""Returns, GAE and the linear feature baseline of the deep track (DESIGN §1.2).
 
-Every episode of the deep track has a fixed horizon ``H``: it never terminates early
-and nothing is bootstrapped after its last step, so the return and the value after
-step ``H − 1`` are both zero.
+Trajectories have ``H`` rows; an episode that ended early is padded with rows whose
+``mask`` is 0 and reward 0 (:mod:`maml2_jax.rollout`). Nothing is bootstrapped after an
+episode's last step, so the return and the value after it are both zero.
 
 * :func:`discounted_returns` and :func:`gae_advantages` handle *one* trajectory
   (``[H]``); callers batch them with ``jax.vmap``.
@@ -13,6 +13,7 @@ step ``H − 1`` are both zero.
   discounted returns on hand-made per-step features, refitted on each task's batch
   of trajectories before its advantages are computed.
 * :func:`advantages_for_task` composes them for one task's batch ``[N, H]``.
+* :func:`episode_mean` is the average every loss of the deep track takes over steps.
 
 Everything is jit-able; nothing branches in Python on array values.
 """
@@ -138,6 +139,50 @@ def baseline_features(
     return jnp.concatenate([obs, obs**2, a_t, a_t**2, a_t**3, ones], axis=-1)
 
 
+def _cholesky_lower(a: chex.Array) -> chex.Array:
+    r"""Lower Cholesky factor ``L`` (``a = L Lᵀ``) of a small SPD matrix, column by column.
+
+    Plain jnp ops in a ``fori_loop`` over the ``F`` columns, :math:`O(F^3)` in all
+    (``F`` ≤ ~60 features here). Why not ``jnp.linalg.cholesky`` (and ``cho_solve``):
+    on CPU those are LAPACK calls that, when batched, hand sub-batches to XLA's
+    intra-op thread pool and block until they finish. With the task axis split over
+    several CPU devices each device's call can occupy one of the pool's threads
+    (one per core) waiting for work that no free thread is left to run: measured on
+    2 cores, brax sampling split over 2 devices deadlocked in ``lapack_spotrf``.
+    A non-positive pivot gives NaN, as LAPACK's failure does in JAX.
+    """
+    n = a.shape[-1]
+    index = jnp.arange(n)
+
+    def column(j, factor):
+        row = factor[j]  # L[j, :j]; the columns from j on are still zero
+        pivot = jnp.sqrt(a[j, j] - jnp.dot(row, row, precision=_HIGHEST))
+        below = (a[:, j] - jnp.matmul(factor, row, precision=_HIGHEST)) / pivot
+        return factor.at[:, j].set(jnp.where(index > j, below, jnp.where(index == j, pivot, 0.0)))
+
+    return jax.lax.fori_loop(0, n, column, jnp.zeros_like(a))
+
+
+def _solve_lower(factor: chex.Array, rhs: chex.Array) -> chex.Array:
+    """``L⁻¹ rhs`` by forward substitution (``L`` lower triangular, ``rhs`` ``[F]``)."""
+
+    def row(i, x):  # x[i:] is still zero, so the dot sums over the solved entries
+        return x.at[i].set((rhs[i] - jnp.dot(factor[i], x, precision=_HIGHEST)) / factor[i, i])
+
+    return jax.lax.fori_loop(0, rhs.shape[0], row, jnp.zeros_like(rhs))
+
+
+def _solve_lower_transposed(factor: chex.Array, rhs: chex.Array) -> chex.Array:
+    """``L⁻ᵀ rhs`` by back substitution."""
+    n = rhs.shape[0]
+
+    def row(k, x):  # x[:i + 1] is still zero
+        i = n - 1 - k
+        return x.at[i].set((rhs[i] - jnp.dot(factor[:, i], x, precision=_HIGHEST)) / factor[i, i])
+
+    return jax.lax.fori_loop(0, n, row, jnp.zeros_like(rhs))
+
+
 def _solve_regularised(phi: chex.Array, g: chex.Array, reg: chex.Numeric) -> chex.Array:
     r"""``argmin_w ‖Φw − g‖² + reg‖w‖²`` by the normal equations, one refinement step.
 
@@ -148,11 +193,12 @@ def _solve_regularised(phi: chex.Array, g: chex.Array, reg: chex.Numeric) -> che
     fitted values ``Φw`` are much less affected (the error lies along directions Φ
     barely sees), but we want ``w`` itself right, so:
 
-    * ``ΦᵀΦ + reg·I`` is factored by Cholesky. It is symmetric positive definite in
-      exact arithmetic; when rounding makes it numerically indefinite (a
-      rank-deficient Φ and a regulariser below the rounding of ``ΦᵀΦ``'s entries),
-      JAX's Cholesky returns NaNs, which :func:`fit_linear_baseline` detects to
-      escalate ``reg``. (An LU solve would instead return huge but finite garbage.)
+    * ``ΦᵀΦ + reg·I`` is factored by Cholesky (:func:`_cholesky_lower`). It is
+      symmetric positive definite in exact arithmetic; when rounding makes it
+      numerically indefinite (a rank-deficient Φ and a regulariser below the
+      rounding of ``ΦᵀΦ``'s entries), the factor gets NaNs, which
+      :func:`fit_linear_baseline` detects to escalate ``reg``. (An LU solve would
+      instead return huge but finite garbage.)
     * One step of iterative refinement with the residual of the *original*
       problem, ``r = Φᵀ(g − Φw) − reg·w`` (computed from Φ, not from the rounded
       ``ΦᵀΦ``), and ``w ← w + (ΦᵀΦ + reg·I)⁻¹ r`` through the same factor (the
@@ -164,10 +210,10 @@ def _solve_regularised(phi: chex.Array, g: chex.Array, reg: chex.Numeric) -> che
     num_features = phi.shape[-1]
     gram = jnp.matmul(phi.T, phi, precision=_HIGHEST)
     gram = gram + reg * jnp.eye(num_features, dtype=phi.dtype)
-    chol = jnp.linalg.cholesky(gram)
+    chol = _cholesky_lower(gram)
 
     def solve(rhs):
-        return jax.scipy.linalg.cho_solve((chol, True), rhs)
+        return _solve_lower_transposed(chol, _solve_lower(chol, rhs))
 
     w = solve(jnp.matmul(phi.T, g, precision=_HIGHEST))
     residual = g - jnp.matmul(phi, w, precision=_HIGHEST)
@@ -230,6 +276,29 @@ def linear_baseline_values(features: chex.Array, w: chex.Array) -> chex.Array:
     return jnp.matmul(features, w, precision=_HIGHEST)
 
 
+def episode_mean(x: chex.Array, mask: chex.Array | None = None) -> chex.Array:
+    r"""Mean over episodes of each episode's mean over its own steps.
+
+    .. math:: \frac{1}{N} \sum_n \frac{\sum_t m_{n,t}\, x_{n,t}}{\sum_t m_{n,t}}
+
+    over all leading axes of ``x`` ``[..., H]`` taken as episodes. Each episode weighs
+    the same however long it lasted, as in pytorch-maml-rl's ``weighted_mean``; with
+    no mask (or all ones) it is the plain mean.
+
+    Args:
+      x: ``[..., H]`` per-step values.
+      mask: ``[..., H]`` 1 on an episode's steps, 0 on padding (every episode has at
+        least one step), or None.
+
+    Returns:
+      A scalar.
+    """
+    if mask is None:
+        return jnp.mean(x)
+    chex.assert_equal_shape([x, mask])
+    return jnp.mean(jnp.sum(x * mask, axis=-1) / jnp.sum(mask, axis=-1))
+
+
 class TaskAdvantages(NamedTuple):
     """What :func:`advantages_for_task` returns; unpacks as a 3-tuple."""
 
@@ -245,6 +314,7 @@ def advantages_for_task(
     lambda_: chex.Numeric,
     normalize: bool = True,
     *,
+    mask: chex.Array | None = None,
     reg: chex.Numeric = 1e-5,
     horizon_scale: float = 100.0,
     obs_clip: float | None = None,
@@ -258,7 +328,11 @@ def advantages_for_task(
        (:func:`fit_linear_baseline`) and evaluated, ``v = Φw``;
     3. ``A = gae_advantages(r, v, γ, λ)`` per trajectory;
     4. if ``normalize``: :math:`A \leftarrow (A - \bar A) / (σ_A + ε)` with mean and
-       (population) standard deviation over all ``N·H`` steps of the task.
+       (population) standard deviation taken by :func:`episode_mean` over the
+       task's steps.
+
+    Padding rows (``mask`` 0) get zero features, hence zero baseline values, and zero
+    advantages.
 
     Args:
       obs: ``[N, H, D]`` observations ``o_t`` at which the rewards were earned.
@@ -267,6 +341,7 @@ def advantages_for_task(
       lambda_: GAE λ (scalar).
       normalize: whether to standardise the advantages over the task's batch
         (static).
+      mask: ``[N, H]`` trajectory masks, or None when every episode lasts ``H``.
       reg: first regularisation coefficient of the baseline fit.
       horizon_scale: divisor of the time feature (:func:`baseline_features`).
       obs_clip: optional clipping of observations in the features.
@@ -288,11 +363,17 @@ def advantages_for_task(
 
     returns = jax.vmap(discounted_returns, in_axes=(0, None))(rewards, discount)
     features = jax.vmap(lambda o: baseline_features(o, horizon_scale, obs_clip))(obs)
+    if mask is not None:
+        # Zero rows add nothing to the least-squares fit and give zero values.
+        features = features * mask[..., None].astype(features.dtype)
     w = fit_linear_baseline(features, returns, reg)
     values = linear_baseline_values(features, w).astype(rewards.dtype)
     advantages = jax.vmap(gae_advantages, in_axes=(0, 0, None, None))(
         rewards, values, discount, lambda_
     )
     if normalize:
-        advantages = (advantages - jnp.mean(advantages)) / (jnp.std(advantages) + epsilon)
+        centred = advantages - episode_mean(advantages, mask)
+        if mask is not None:
+            centred = centred * mask
+        advantages = centred / (jnp.sqrt(episode_mean(jnp.square(centred), mask)) + epsilon)
     return TaskAdvantages(advantages, returns, values)

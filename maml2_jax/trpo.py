@@ -82,21 +82,25 @@ def conjugate_gradient(matvec: Callable, b: jax.Array, iterations: int) -> tuple
     return x, jnp.vdot(x, b - r)
 
 
-def gaussian_fisher_product(distribution: Callable, params) -> Callable:
+def gaussian_fisher_product(distribution: Callable, params, weights: jax.Array | None = None) -> Callable:
     """``v ↦ J^T M J v`` at ``params``, flat in and out (see the module docstring).
 
     Args:
       distribution: ``params -> (means [..., A], log_stds [..., A])`` of every sample
-        the KL averages over (broadcastable to each other); M is scaled by
-        ``1 / number of samples`` so F is the Hessian of the *mean* KL.
+        the KL averages over (broadcastable to each other).
       params: the point θ_old.
+      weights: ``[...]`` the weight of each sample in the averaged KL (summing to 1),
+        or None for the plain mean (``1 / number of samples`` each). M is scaled by
+        them, so F is the Hessian of the averaged KL.
     """
     flat, unravel = ravel_pytree(params)
     (means, log_stds), jvp = jax.linearize(lambda f: distribution(unravel(f)), flat)
     vjp = jax.linear_transpose(jvp, flat)
-    count = means.size // means.shape[-1]
-    metric_mean = jnp.exp(-2.0 * log_stds) / count
-    metric_log_std = 2.0 * jnp.ones_like(log_stds) / count
+    if weights is None:
+        weights = jnp.full(means.shape[:-1], 1.0 / (means.size // means.shape[-1]), means.dtype)
+    weights = weights[..., None]
+    metric_mean = jnp.exp(-2.0 * log_stds) * weights
+    metric_log_std = 2.0 * jnp.ones_like(log_stds) * weights
 
     def product(v):
         d_mean, d_log_std = jvp(v)
@@ -115,7 +119,8 @@ class TRPOStats(NamedTuple):
     step_fraction: jax.Array  # c^k of the accepted step, 0 if none was accepted
 
 
-def trpo_step(config: TRPOConfig, objective: Callable, distribution: Callable, params):
+def trpo_step(config: TRPOConfig, objective: Callable, distribution: Callable, params,
+              curvature_weights: jax.Array | None = None):
     """One constrained step. Pure and jit-able.
 
     Args:
@@ -128,13 +133,15 @@ def trpo_step(config: TRPOConfig, objective: Callable, distribution: Callable, p
         :func:`gaussian_fisher_product`); may cover a subsample of the samples the
         KL averages over.
       params: θ_old.
+      curvature_weights: the samples' weights in the KL (see
+        :func:`gaussian_fisher_product`); None for the plain mean.
 
     Returns:
       ``(new params, TRPOStats)``.
     """
     flat, unravel = ravel_pytree(params)
     (before, _), grad = jax.value_and_grad(lambda f: objective(unravel(f)), has_aux=True)(flat)
-    fisher = gaussian_fisher_product(distribution, params)
+    fisher = gaussian_fisher_product(distribution, params, curvature_weights)
 
     def damped(v):
         return fisher(v) + config.cg_damping * v

@@ -57,16 +57,42 @@ def test_clip_bound_follows_config():
     np.testing.assert_allclose(obs, [0.25, -0.2], rtol=0, atol=1e-7)
 
 
-def test_no_early_termination_at_the_goal():
+def test_the_step_itself_goes_on_at_the_goal():
+    # Stepping is oblivious of termination: at the goal the reward is 0 and t counts on.
     goal = jnp.array([0.1, 0.0])
     state, _ = nav2d.reset(CONFIG, goal)
     rewards = []
     for action in ([0.1, 0.0], [0.0, 0.0], [0.0, 0.0]):
         state, _, r = nav2d.step(CONFIG, state, jnp.array(action), goal)
         rewards.append(float(r))
-    # Reaching the goal gives 0 and the episode goes on.
     np.testing.assert_allclose(rewards, [0.0, 0.0, 0.0], atol=1e-7)
     assert int(state.t) == 3
+
+
+@pytest.mark.parametrize(
+    "position, expected",
+    [
+        ([0.305, -0.295], True),  # within 0.01 in both coordinates
+        ([0.309, -0.309], True),
+        ([0.311, -0.3], False),  # x just outside
+        ([0.3, -0.289], False),  # y just outside
+        ([0.307, -0.307], True),  # Euclidean 0.0099, box test passes
+        ([0.2, -0.3], False),
+    ],
+)
+def test_episode_ends_within_goal_tolerance_in_both_coordinates(position, expected):
+    goal = jnp.array([0.3, -0.3])
+    state = nav2d.Nav2dState(jnp.asarray(position, jnp.float32), jnp.int32(5))
+    assert bool(nav2d.terminated(CONFIG, state, goal)) is expected
+    # With tolerance 0 the episode never ends early, even exactly at the goal.
+    at_goal = nav2d.Nav2dState(goal, jnp.int32(5))
+    assert not bool(nav2d.terminated(Nav2dConfig(goal_tolerance=0.0), at_goal, goal))
+
+
+def test_family_terminates_only_with_a_tolerance():
+    assert nav2d.make_task_family("nav2d").terminated is not None
+    assert nav2d.make_task_family("nav2d-isolated").terminated is not None
+    assert nav2d.make_task_family("nav2d", Nav2dConfig(goal_tolerance=0.0)).terminated is None
 
 
 def test_tasks_in_one_vmapped_batch_get_their_own_rewards():
@@ -204,6 +230,7 @@ def test_task_family_registry():
         ({"goal_low": 0.5, "goal_high": 0.5}, "goal_low < goal_high"),
         ({"goal_low": 1.0, "goal_high": -1.0}, "goal_low < goal_high"),
         ({"goal_high": "1"}, "goal_high"),
+        ({"goal_tolerance": -0.01}, "goal_tolerance"),
     ],
 )
 def test_config_validation(kwargs, match):

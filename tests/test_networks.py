@@ -26,6 +26,20 @@ def test_default_architecture_parameter_count(policy):
     np.testing.assert_array_equal(params["log_std"], np.zeros(2))  # σ = 1 initially
 
 
+@pytest.mark.parametrize("obs_shape", [(2,), (7, 2), (3, 4, 2)])
+def test_mean_is_the_plain_mlp_for_any_leading_axes(policy, obs_shape):
+    # The output layer is computed column by column; it must still be W·h + b.
+    params = policy.init(jax.random.key(9))
+    obs = np.asarray(jax.random.normal(jax.random.key(10), obs_shape), np.float64)
+    mlp = {name: {k: np.asarray(v, np.float64) for k, v in layer.items()} for name, layer in params["mlp"].items()}
+    h = np.tanh(obs @ mlp["Dense_0"]["kernel"] + mlp["Dense_0"]["bias"])
+    h = np.tanh(h @ mlp["Dense_1"]["kernel"] + mlp["Dense_1"]["bias"])
+    expected = h @ mlp["Dense_2"]["kernel"] + mlp["Dense_2"]["bias"]
+    mean, _ = policy.mean_and_log_std(params, jnp.float32(obs))
+    chex.assert_shape(mean, obs_shape)
+    np.testing.assert_allclose(mean, expected, rtol=1e-5, atol=1e-5)
+
+
 def test_log_prob_matches_scipy(policy):
     params = policy.init(jax.random.key(1))
     params["log_std"] = jnp.asarray([-0.3, 0.4])

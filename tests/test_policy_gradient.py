@@ -35,6 +35,25 @@ def test_inner_loss_falls_after_one_step_on_a_fixed_batch():
     assert after < before - 1e-3
 
 
+def test_inner_loss_ignores_the_padding_of_terminated_episodes():
+    # A wide goal tolerance ends most episodes early; the loss is the mean over
+    # episodes of each episode's mean of -log π·A over its own steps.
+    family = nav2d.make_task_family("nav2d", nav2d.Nav2dConfig(horizon=30, goal_tolerance=0.1))
+    policy = make_gaussian_policy(2, 2, PolicyConfig(hidden_sizes=(8,)))
+    adapter = make_policy_gradient_adapter(family, policy, PolicyGradientConfig(num_trajectories=6))
+    params = policy.init(jax.random.key(11))
+    batch = adapter.sample(params, jnp.asarray([0.1, 0.05]), jax.random.key(12))
+    lengths = np.asarray(batch.trajectories.mask).sum(-1).astype(int)
+    assert lengths.min() < 30  # some episodes did end early
+    log_probs = np.asarray(policy.log_prob(params, batch.trajectories.obs, batch.trajectories.actions))
+    advantages = np.asarray(batch.advantages)
+    expected = -np.mean([np.mean(log_probs[n, :l] * advantages[n, :l]) for n, l in enumerate(lengths)])
+    np.testing.assert_allclose(adapter.loss(params, batch), expected, rtol=1e-5)
+    # Rewards after the end are zero, so the returns reported are the episodes' own.
+    padding = np.asarray(batch.trajectories.mask) == 0
+    np.testing.assert_array_equal(np.asarray(batch.trajectories.rewards)[padding], 0.0)
+
+
 def test_adaptation_improves_the_return():
     # Averaged over tasks and seeds: one step at the customary settings must help.
     family, policy, adapter = _setup(inner_steps=2)

@@ -273,6 +273,52 @@ def test_advantages_for_task_unnormalised_is_gae_of_fitted_baseline():
     np.testing.assert_allclose(lam_one, ret - val, rtol=1e-5, atol=1e-4)
 
 
+def test_cholesky_and_triangular_solves_match_numpy():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(9, 9))
+    spd = a @ a.T + 0.1 * np.eye(9)
+    factor = jax.jit(rt._cholesky_lower)(jnp.float32(spd))
+    np.testing.assert_allclose(factor, np.linalg.cholesky(spd), rtol=1e-4, atol=1e-4)
+    b = rng.normal(size=9)
+    x = rt._solve_lower_transposed(factor, rt._solve_lower(factor, jnp.float32(b)))
+    np.testing.assert_allclose(x, np.linalg.solve(spd, b), rtol=1e-3, atol=1e-3)
+    # An indefinite matrix has no factor: NaNs, which the baseline fit escalates on.
+    assert np.isnan(np.asarray(rt._cholesky_lower(jnp.float32(np.diag([1.0, -1.0, 2.0]))))).any()
+
+
+def test_episode_mean_weighs_each_episode_equally():
+    x = jnp.array([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+    mask = jnp.array([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
+    np.testing.assert_allclose(rt.episode_mean(x, mask), (1.5 + 5.0) / 2, rtol=1e-6)
+    np.testing.assert_allclose(rt.episode_mean(x, jnp.ones_like(x)), 3.5, rtol=1e-6)
+    np.testing.assert_allclose(rt.episode_mean(x), 3.5, rtol=1e-6)
+
+
+def test_masked_advantages_equal_those_of_the_truncated_episodes():
+    """Padding after an episode's end changes nothing: the baseline is fitted on the
+    valid steps only, and the normalisation weighs each episode equally (float64
+    reference on the truncated episodes)."""
+    obs, rewards = point_nav_batch(13, n=5, h=30)
+    lengths = np.array([30, 12, 1, 25, 7])
+    mask = (np.arange(30)[None] < lengths[:, None]).astype(np.float64)
+    padded_rewards = rewards * mask
+    # Padding rows hold junk observations (as a terminated episode keeps stepping).
+    adv, ret, val = rt.advantages_for_task(
+        jnp.float32(obs), jnp.float32(padded_rewards), 0.99, 1.0, mask=jnp.float32(mask)
+    )
+    truncated_returns = [returns_loop(rewards[n, :l], 0.99) for n, l in enumerate(lengths)]
+    phi = np.concatenate([features_np(obs[n])[:l] for n, l in enumerate(lengths)])
+    w = ridge_lstsq(phi, np.concatenate(truncated_returns), 1e-5)
+    raw = [g - features_np(obs[n])[:l] @ w for n, (g, l) in enumerate(zip(truncated_returns, lengths))]
+    mean = np.mean([a.mean() for a in raw])
+    std = np.sqrt(np.mean([((a - mean) ** 2).mean() for a in raw]))
+    for n, l in enumerate(lengths):
+        np.testing.assert_allclose(ret[n, :l], truncated_returns[n], rtol=1e-4)
+        np.testing.assert_allclose(adv[n, :l], (raw[n] - mean) / std, rtol=1e-3, atol=2e-3)
+        np.testing.assert_array_equal(adv[n, l:], 0.0)
+        np.testing.assert_array_equal(val[n, l:], 0.0)
+
+
 def test_advantages_for_task_stops_gradients():
     obs, rewards = point_nav_batch(10, n=4, h=20)
 

@@ -36,21 +36,25 @@ def toy_params(seed):
     return {"w": jax.random.normal(k1, (2, 2)), "b": 0.2 * jax.random.normal(k2, (2,))}
 
 
-def loop_rollout(params, task, key, horizon):
-    """The reference: one Python iteration per step, same keys as the scan."""
+def loop_rollout(params, task, key, horizon, terminated=None):
+    """The reference: one Python iteration per step, same keys as the scan; after the
+    step that ends the episode, rows are padding (mask 0, reward 0)."""
     state, obs = ENV_RESET(task)
-    rows = []
+    rows, running = [], True
     for t in range(horizon):
         action, log_prob = toy_sample(params, obs, jax.random.fold_in(key, t))
         state, next_obs, reward = ENV_STEP(state, action, task)
-        rows.append((obs, action, reward, log_prob))
+        rows.append((obs, action, reward if running else 0.0, log_prob, float(running)))
+        if terminated is not None and bool(terminated(state, task)):
+            running = False
         obs = next_obs
-    return rollout.Trajectory(*(np.stack([np.asarray(r[i]) for r in rows]) for i in range(4)))
+    return rollout.Trajectory(*(np.stack([np.asarray(r[i], np.float32) for r in rows]) for i in range(5)))
 
 
 def check_nav2d_trajectories(traj, goals):
     """Independent numpy check of fields ``[..., H, ...]`` against goals ``[..., 2]``."""
-    obs, actions, rewards, log_probs = (np.asarray(x, np.float64) for x in traj)
+    obs, actions, rewards, log_probs, mask = (np.asarray(x, np.float64) for x in traj)
+    np.testing.assert_array_equal(mask, 1.0)
     positions = np.cumsum(np.clip(actions, -0.1, 0.1), axis=-2)
     np.testing.assert_allclose(obs[..., 1:, :], positions[..., :-1, :], atol=1e-5)
     np.testing.assert_allclose(obs[..., 0, :], 0.0, atol=0)
@@ -68,6 +72,35 @@ def test_scan_equals_python_loop_on_odd_horizon():
     chex.assert_shape(scanned.log_probs, (H,))
     chex.assert_trees_all_close(scanned, reference, atol=1e-6, rtol=1e-6)
     check_nav2d_trajectories(scanned, task)
+
+
+def test_termination_pads_the_rest_of_the_episode():
+    # A constant move of (0.1, -0.1) reaches the goal (0.3, -0.3) after 3 steps; the
+    # episode ends there, so rows 3.. are padding: mask 0 and no reward.
+    params = {"w": jnp.zeros((2, 2)), "b": jnp.array([0.5, -0.5])}
+    task, key = jnp.array([0.3, -0.3]), jax.random.key(2)
+    terminated = functools.partial(nav2d.terminated, CONFIG)
+    traj = rollout.rollout(ENV_RESET, ENV_STEP, toy_sample, params, task, key, H, terminated)
+    np.testing.assert_array_equal(traj.mask, [1, 1, 1, 0, 0, 0, 0])
+    np.testing.assert_allclose(traj.rewards[:3], [-np.hypot(0.2, 0.2), -np.hypot(0.1, 0.1), 0.0], atol=1e-6)
+    np.testing.assert_array_equal(traj.rewards[3:], 0.0)
+    chex.assert_trees_all_close(traj, loop_rollout(params, task, key, H, terminated), atol=1e-6)
+    # Without the termination test the same rollout runs on (and overshoots).
+    unterminated = rollout.rollout(ENV_RESET, ENV_STEP, toy_sample, params, task, key, H)
+    np.testing.assert_array_equal(unterminated.mask, 1.0)
+    assert float(unterminated.rewards[4]) < -0.1
+
+
+def test_termination_in_a_batch_follows_each_trajectory():
+    params, task, key = toy_params(4), jnp.array([0.05, 0.0]), jax.random.key(9)
+    loose = nav2d.Nav2dConfig(goal_tolerance=0.15)  # wide, so some but not all trajectories end early
+    terminated = functools.partial(nav2d.terminated, loose)
+    batch = rollout.rollout_batch(ENV_RESET, ENV_STEP, toy_sample, params, task, key, 11, 8, terminated)
+    lengths = np.asarray(batch.mask).sum(-1)
+    assert lengths.min() < 11 and lengths.max() > lengths.min()
+    for n, k in enumerate(jax.random.split(key, 8)):
+        reference = loop_rollout(params, task, k, 11, terminated)
+        chex.assert_trees_all_close(jax.tree.map(lambda x: x[n], batch), reference, atol=1e-6)
 
 
 def test_trajectory_keeps_the_unclipped_action_and_its_log_prob():

@@ -52,6 +52,25 @@ def test_fisher_product_equals_the_explicit_kl_hessian_at_the_current_point():
     np.testing.assert_allclose(product(v), hessian @ v, rtol=1e-4, atol=1e-6)
 
 
+def test_weighted_fisher_product_is_the_hessian_of_the_weighted_kl():
+    # Padding rows (weight 0) of terminated episodes must not bend the curvature.
+    policy, params, obs, distribution = _tiny_policy_problem()
+    flat, unravel = ravel_pytree(params)
+    old_means, old_log_stds = distribution(params)
+    weights = jnp.array([0.3, 0.0, 0.1, 0.2, 0.0, 0.25, 0.15])
+
+    def weighted_kl(f):
+        means, log_stds = distribution(unravel(f))
+        return jnp.sum(weights * gaussian_kl(means, log_stds, old_means, old_log_stds))
+
+    hessian = jax.hessian(weighted_kl)(flat)
+    product = trpo.gaussian_fisher_product(distribution, params, weights)
+    v = jax.random.normal(jax.random.key(4), flat.shape)
+    np.testing.assert_allclose(product(v), hessian @ v, rtol=1e-4, atol=1e-6)
+    uniform = trpo.gaussian_fisher_product(distribution, params)
+    assert not np.allclose(product(v), uniform(v), rtol=1e-2)
+
+
 def test_trpo_step_improves_the_surrogate_within_max_kl():
     policy, params, obs, distribution = _tiny_policy_problem()
     actions = jax.random.normal(jax.random.key(5), (7, 2))

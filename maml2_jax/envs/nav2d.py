@@ -9,9 +9,11 @@ negative distance to the goal ``g`` *after* the move:
    p_{t+1} = p_t + \mathrm{clip}(a_t, -m, m), \qquad
    r_{t+1} = -\lVert p_{t+1} - g \rVert_2 .
 
-Episodes last a fixed ``horizon`` (100 by default) with no early termination; reaching
-the goal does not end the episode, the agent is simply rewarded for staying there.
-This is the "2DNavigation-v0" task of Finn et al. (2017) and of pytorch-maml-rl.
+An episode ends after ``horizon`` steps (100 by default), or earlier once the point is
+within ``goal_tolerance`` (0.01) of the goal in *both* coordinates,
+:math:`|p_{t+1} - g|_\infty < \text{tol}` (:func:`terminated`); from then on it earns
+nothing. This is the "2DNavigation-v0" task of Finn et al. (2017) as pytorch-maml-rl
+defines it; ``goal_tolerance = 0`` gives episodes that never end early.
 
 A task is nothing but its goal, a float32 array ``[2]``. Tasks are data: a batch of
 different tasks is an array ``[T, 2]`` and one compiled, vmapped step serves any mix.
@@ -82,24 +84,29 @@ class Nav2dConfig:
     """The navigation environment (defaults: MAML's 2DNavigation-v0).
 
     Attributes:
-      horizon: steps per episode; there is no early termination.
+      horizon: steps per episode at most.
       max_action: each action coordinate is clipped to ``[-max_action, max_action]``.
       goal_low: lower bound of each goal coordinate (of the uniform distribution, and
         the box every isolated-distribution cluster must fit in).
       goal_high: upper bound of each goal coordinate.
+      goal_tolerance: the episode ends once both coordinates are within this of the
+        goal's; 0 never ends it early.
     """
 
     horizon: int = 100
     max_action: float = 0.1
     goal_low: float = -0.5
     goal_high: float = 0.5
+    goal_tolerance: float = 0.01
 
     def __post_init__(self):
         check_positive_int("horizon", self.horizon)
-        for name in ("max_action", "goal_low", "goal_high"):
+        for name in ("max_action", "goal_low", "goal_high", "goal_tolerance"):
             object.__setattr__(self, name, _check_real(name, getattr(self, name)))
         if not self.max_action > 0:
             raise ConfigError(f"max_action must be positive, got {self.max_action}")
+        if self.goal_tolerance < 0:
+            raise ConfigError(f"goal_tolerance must be non-negative, got {self.goal_tolerance}")
         if not self.goal_low < self.goal_high:
             raise ConfigError(f"need goal_low < goal_high, got {self.goal_low} and {self.goal_high}")
 
@@ -159,6 +166,15 @@ def step(
     position = state.position + move
     reward = -jnp.sqrt(jnp.sum(jnp.square(position - jnp.asarray(task, jnp.float32))))
     return Nav2dState(position, state.t + 1), position, reward
+
+
+def terminated(config: Nav2dConfig, state: Nav2dState, task: jax.Array) -> jax.Array:
+    """Whether the episode ends at ``state``: ``|p − g| < goal_tolerance`` in both coordinates.
+
+    Returns a bool scalar (always False when ``goal_tolerance`` is 0).
+    """
+    gap = jnp.abs(state.position - jnp.asarray(task, jnp.float32))
+    return jnp.all(gap < config.goal_tolerance)
 
 
 def sample_tasks(key: jax.Array, num_tasks: int, config: Nav2dConfig = Nav2dConfig()) -> jax.Array:
@@ -316,6 +332,8 @@ class TaskFamily(NamedTuple):
       sample_tasks: ``(key, num_tasks) -> (tasks [T, ...], category [T] int32)``.
         Every family returns categories so evaluation can always report per
         category; a family without categories (uniform goals) returns all zeros.
+      terminated: ``(state, task) -> bool``, whether an episode ends early at
+        ``state`` (:func:`maml2_jax.rollout.rollout`); None if it never does.
     """
 
     name: str
@@ -326,6 +344,7 @@ class TaskFamily(NamedTuple):
     reset: Callable
     step: Callable
     sample_tasks: Callable
+    terminated: Callable | None = None
 
 
 def _uniform_with_categories(config: Nav2dConfig, key: jax.Array, num_tasks: int):
@@ -364,16 +383,19 @@ def make_task_family(
     config = Nav2dConfig() if config is None else config
     env_reset = functools.partial(reset, config)
     env_step = functools.partial(step, config)
+    env_terminated = functools.partial(terminated, config) if config.goal_tolerance > 0 else None
     if name == "nav2d":
         # An option that would be silently ignored is refused instead.
         if isolated_fraction is not None or layout is not None:
             raise ConfigError("isolated_fraction and layout apply to 'nav2d-isolated' only, not 'nav2d'")
         sampler = functools.partial(_uniform_with_categories, config)
-        return TaskFamily(name, config, OBS_DIM, ACTION_DIM, 1, env_reset, env_step, sampler)
+        return TaskFamily(name, config, OBS_DIM, ACTION_DIM, 1, env_reset, env_step, sampler, env_terminated)
     isolated_fraction = 0.1 if isolated_fraction is None else isolated_fraction
     layout = DEFAULT_ISOLATED_LAYOUT if layout is None else layout
     # Fail at construction, not at the first draw.
     num_isolated(2, isolated_fraction)
     layout.check_inside(config)
     sampler = functools.partial(_isolated_with_categories, config, isolated_fraction, layout)
-    return TaskFamily(name, config, OBS_DIM, ACTION_DIM, layout.num_categories, env_reset, env_step, sampler)
+    return TaskFamily(
+        name, config, OBS_DIM, ACTION_DIM, layout.num_categories, env_reset, env_step, sampler, env_terminated
+    )

@@ -4,8 +4,11 @@ One inner step samples ``N`` trajectories with the current parameters, computes
 advantages (linear feature baseline, GAE) and takes a vanilla policy-gradient step
 
 .. math::
-   L_{in}(θ) = -\frac{1}{N H} \sum_{n,t} \log π_θ(a_t^n \mid o_t^n)\, A_t^n,
-   \qquad θ_{k+1} = θ_k - α \nabla_θ L_{in}(θ_k).
+   L_{in}(θ) = -\frac{1}{N} \sum_n \frac{1}{H_n} \sum_{t < H_n} \log π_θ(a_t^n \mid o_t^n)\, A_t^n,
+   \qquad θ_{k+1} = θ_k - α \nabla_θ L_{in}(θ_k),
+
+where :math:`H_n` is the length of episode ``n`` (``H`` unless it ended early;
+:func:`maml2_jax.returns.episode_mean`).
 
 Trajectories and advantages are data: no gradient flows through the sampling. The
 step itself is differentiable, so MAML's second-order meta-gradient is ``jax.grad``
@@ -93,17 +96,18 @@ def make_policy_gradient_adapter(family, policy: GaussianPolicy,
     def sample(params, task, key):
         params = jax.lax.stop_gradient(params)
         trajectories = rollout.rollout_batch(
-            family.reset, family.step, policy.sample, params, task, key, horizon, config.num_trajectories
+            family.reset, family.step, policy.sample, params, task, key, horizon, config.num_trajectories,
+            family.terminated,
         )
         advantages = returns.advantages_for_task(
             trajectories.obs, trajectories.rewards, config.discount, config.gae_lambda,
-            normalize=config.normalize_advantages,
+            normalize=config.normalize_advantages, mask=trajectories.mask,
         ).advantages
         return Batch(trajectories, advantages)
 
     def loss(params, batch: Batch):
         log_probs = policy.log_prob(params, batch.trajectories.obs, batch.trajectories.actions)
-        return -jnp.mean(log_probs * batch.advantages)
+        return -returns.episode_mean(log_probs * batch.advantages, batch.trajectories.mask)
 
     def step(params, batch: Batch):
         grads = jax.grad(loss)(params, batch)
