@@ -40,12 +40,7 @@ from maml2_jax import sharding, trpo
 from maml2_jax.errors import ConfigError, check_positive_int
 from maml2_jax.learners.policy_gradient import Batch, PolicyGradientAdapter
 from maml2_jax.networks import GaussianPolicy, gaussian_kl, gaussian_log_prob
-from maml2_jax.returns import episode_mean
-
-
-def episode_weights(mask: jax.Array) -> jax.Array:
-    """Per-step weights ``w`` with ``Σ w·x = episode_mean(x, mask)`` (they sum to 1)."""
-    return mask / (jnp.sum(mask, axis=-1, keepdims=True) * (mask.size // mask.shape[-1]))
+from maml2_jax.returns import episode_mean, episode_weights
 
 
 class IterationMetrics(NamedTuple):

@@ -13,7 +13,8 @@ episode's last step, so the return and the value after it are both zero.
   discounted returns on hand-made per-step features, refitted on each task's batch
   of trajectories before its advantages are computed.
 * :func:`advantages_for_task` composes them for one task's batch ``[N, H]``.
-* :func:`episode_mean` is the average every loss of the deep track takes over steps.
+* :func:`episode_mean` is the average every loss of the deep track takes over steps;
+  :func:`episode_weights` gives the same average as per-step weights.
 
 Everything is jit-able; nothing branches in Python on array values.
 """
@@ -297,6 +298,11 @@ def episode_mean(x: chex.Array, mask: chex.Array | None = None) -> chex.Array:
         return jnp.mean(x)
     chex.assert_equal_shape([x, mask])
     return jnp.mean(jnp.sum(x * mask, axis=-1) / jnp.sum(mask, axis=-1))
+
+
+def episode_weights(mask: chex.Array) -> chex.Array:
+    """Per-step weights ``w`` ``[..., H]`` with ``Σ w·x = episode_mean(x, mask)`` (they sum to 1)."""
+    return mask / (jnp.sum(mask, axis=-1, keepdims=True) * (mask.size // mask.shape[-1]))
 
 
 class TaskAdvantages(NamedTuple):

@@ -292,6 +292,9 @@ def test_episode_mean_weighs_each_episode_equally():
     np.testing.assert_allclose(rt.episode_mean(x, mask), (1.5 + 5.0) / 2, rtol=1e-6)
     np.testing.assert_allclose(rt.episode_mean(x, jnp.ones_like(x)), 3.5, rtol=1e-6)
     np.testing.assert_allclose(rt.episode_mean(x), 3.5, rtol=1e-6)
+    weights = rt.episode_weights(mask)
+    np.testing.assert_allclose(jnp.sum(weights), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(jnp.sum(weights * x), rt.episode_mean(x, mask), rtol=1e-6)
 
 
 def test_masked_advantages_equal_those_of_the_truncated_episodes():
