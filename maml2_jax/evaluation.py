@@ -77,3 +77,36 @@ def table(summary: dict) -> str:
     for method, by_group in summary["mean_steps"].items():
         lines.append(f"{method:<16}" + "".join(f"{by_group[g]:>{width}.1f}" for g in groups))
     return "\n".join(lines)
+
+
+def published_checks(summary: dict) -> dict:
+    """The published experiment's claims (issue 2's "Faithful"), checked on a summary.
+
+    For the published reporting groups ``"0"`` = {0,1}, ``"1"`` = {2..8} and
+    ``"2"`` = {9} (the isolated task). Returns ``{claim: {"value": ..., "holds": bool}}``:
+
+    - ``isolated_maml2``: MAML²'s mean steps on {9} ≤ 40;
+    - ``isolated_maml``: MAML's on {9} ≥ 300 (negative adaptation);
+    - ``isolated_lfs_between``: MAML² < LFS < MAML on {9};
+    - ``after_reset_ratio_<g>``: MAML²'s mean over the episodes after the reset
+      ≤ 1.5 × MAML's, for the groups ``"0"`` and ``"1"``;
+    - ``no_reset_worse_<g>``: no-reset's mean steps > MAML²'s, for every group.
+    """
+    if sorted(summary["groups"]) != ["0", "1", "2"]:
+        raise ValueError(f"the published checks need the three published groups, got {sorted(summary['groups'])}")
+    mean, after = summary["mean_steps"], summary["mean_steps_after_reset"]
+    checks = {
+        "isolated_maml2": {"value": mean["maml2"]["2"], "holds": mean["maml2"]["2"] <= 40},
+        "isolated_maml": {"value": mean["maml"]["2"], "holds": mean["maml"]["2"] >= 300},
+        "isolated_lfs_between": {
+            "value": mean["lfs"]["2"],
+            "holds": mean["maml2"]["2"] < mean["lfs"]["2"] < mean["maml"]["2"],
+        },
+    }
+    for g in ("0", "1"):
+        ratio = after["maml2"][g] / after["maml"][g]
+        checks[f"after_reset_ratio_{g}"] = {"value": ratio, "holds": ratio <= 1.5}
+    for g in ("0", "1", "2"):
+        gap = mean["maml2_no_reset"][g] - mean["maml2"][g]
+        checks[f"no_reset_worse_{g}"] = {"value": gap, "holds": gap > 0}
+    return checks

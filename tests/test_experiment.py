@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from maml2_jax import clustering, gridworld_experiment, maml2
+from maml2_jax import clustering, evaluation, gridworld_experiment, maml2
 from maml2_jax.envs.gridworld import GridWorld
 from maml2_jax.errors import ConfigError
 from maml2_jax.gridworld_experiment import METHODS, GridworldConfig
@@ -174,6 +174,45 @@ def test_report_groups():
     assert GridworldConfig().report_groups() == ((0, 1), (2, 3, 4, 5, 6, 7, 8), (9,))
     custom = GridworldConfig(world=GridWorld(goals=(39, 90)), categories=2)
     assert custom.report_groups() == ((0,), (1,))
+
+
+def _result_with_steps(per_method_group):
+    """A 2-run result whose every episode of method m on group g takes the given steps.
+
+    ``per_method_group``: ``{method: (first episode, later episodes) per group}``.
+    """
+    config = GridworldConfig(runs=2)
+    steps = np.zeros((len(METHODS), 2, 10, 10))
+    for m, method in enumerate(METHODS):
+        for (first, later), tasks in zip(per_method_group[method], config.report_groups()):
+            steps[m, :, list(tasks), 0] = first
+            steps[m, :, list(tasks), 1:] = later
+    return gridworld_experiment.GridworldResult(config, steps, np.zeros((2, 10), int), np.zeros((2, 10), int),
+                                               {}, {}, 0.0)
+
+
+def test_published_checks_pass_and_fail_on_constructed_results():
+    published = {  # (first, later) per group {0,1}, {2..8}, {9}: the published picture
+        "maml2": ((500, 40), (500, 50), (50, 10)),
+        "maml2_no_reset": ((500, 90), (500, 110), (50, 16)),
+        "maml": ((80, 40), (80, 35), (700, 600)),
+        "lfs": ((1000, 550), (1000, 700), (600, 220)),
+    }
+    checks = evaluation.published_checks(evaluation.summarize(_result_with_steps(published)))
+    assert all(c["holds"] for c in checks.values()), checks
+    assert checks["after_reset_ratio_1"]["value"] == pytest.approx(50 / 35)
+    assert checks["no_reset_worse_2"]["value"] == pytest.approx(9 * 6 / 10)
+
+    broken = dict(published, maml2_no_reset=published["maml2"], maml2=((500, 70), (500, 50), (50, 10)))
+    checks = evaluation.published_checks(evaluation.summarize(_result_with_steps(broken)))
+    failing = {name for name, c in checks.items() if not c["holds"]}
+    assert failing == {"after_reset_ratio_0", "no_reset_worse_0", "no_reset_worse_1", "no_reset_worse_2"}
+
+
+def test_published_checks_need_the_published_groups():
+    summary = {"groups": {"0": [0], "1": [1]}}
+    with pytest.raises(ValueError, match="published groups"):
+        evaluation.published_checks(summary)
 
 
 # --------------------------------------------------------------------------------------
