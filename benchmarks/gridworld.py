@@ -50,7 +50,7 @@ def main():
 
     def kmeans(features):
         labels = gridworld_experiment.categorize(features, keys[:, 1], config.categories)
-        return jnp.asarray(np.stack([clustering.membership(l, config.categories) for l in labels]))
+        return jnp.asarray(clustering.membership(labels, config.categories))
 
     # Compile every stage ahead of time, on the real shapes.
     compile_seconds = {}

@@ -61,7 +61,7 @@ def sweep_seed(seed: int, settings, runs: int) -> list[dict]:
     keys = gridworld_experiment.run_keys(seed, runs)
     features, _ = classify(keys[:, 0])
     labels = gridworld_experiment.categorize(np.asarray(features), keys[:, 1], base.categories)
-    members = jnp.asarray(np.stack([clustering.membership(l, base.categories) for l in labels]))
+    members = jnp.asarray(clustering.membership(labels, base.categories))
 
     learner = make_sarsa(base.world, base.sarsa, log_episodes=base.test_episodes, track_visits=False)
     theta0 = jnp.broadcast_to(learner.init_params(), (runs,) + learner.init_params().shape)

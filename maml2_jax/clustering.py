@@ -61,5 +61,8 @@ def canonical_labels(labels: np.ndarray) -> np.ndarray:
 
 
 def membership(labels: np.ndarray, num_categories: int) -> np.ndarray:
-    """``[N, T]`` bool: ``members[c, t]`` is True when task t is in category c."""
-    return np.arange(num_categories)[:, None] == np.asarray(labels)[None, :]
+    """``[..., N, T]`` bool from ``[..., T]`` labels: ``members[..., c, t]`` says task t is in c.
+
+    Leading axes (runs) pass through, so a batch of runs needs no loop.
+    """
+    return np.arange(num_categories)[:, None] == np.asarray(labels)[..., None, :]

@@ -266,7 +266,7 @@ def run(config: GridworldConfig, progress: Callable[[str], None] | None = None,
     say("k-means")
     t0 = time.perf_counter()
     labels = categorize(features, keys[:, 1], config.categories)
-    members = np.stack([clustering.membership(l, config.categories) for l in labels])
+    members = clustering.membership(labels, config.categories)
     phases["k-means"] = time.perf_counter() - t0
     theta, category_params, theta_maml, train_steps = timed(
         "train", train, jnp.asarray(members), keys[:, 2], keys[:, 3]

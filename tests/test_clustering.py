@@ -71,6 +71,10 @@ def test_membership():
     members = clustering.membership(np.array([0, 1, 0, 2]), 3)
     np.testing.assert_array_equal(members, [[1, 0, 1, 0], [0, 1, 0, 0], [0, 0, 0, 1]])
     assert members.dtype == bool
+    runs = clustering.membership(np.array([[0, 1, 0, 2], [2, 2, 1, 0]]), 3)
+    assert runs.shape == (2, 3, 4)
+    np.testing.assert_array_equal(runs[0], members)
+    np.testing.assert_array_equal(runs[1], clustering.membership(np.array([2, 2, 1, 0]), 3))
 
 
 @pytest.mark.parametrize("num_categories", [0, 5, 11])

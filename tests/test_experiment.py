@@ -61,7 +61,7 @@ def test_shared_training_loop_equals_separate_training():
     config = GridworldConfig(runs=2, seed=1, **SMALL)
     _, train, _ = gridworld_experiment.build(config)
     labels = np.array([[0, 0, 1, 1, 1, 0, 1, 1, 1, 2], [0, 1, 0, 1, 1, 1, 1, 1, 1, 2]])
-    members = jnp.asarray(np.stack([clustering.membership(l, 3) for l in labels]))
+    members = jnp.asarray(clustering.membership(labels, 3))
     k_maml2 = jax.random.split(jax.random.key(10), 2)
     k_maml = jax.random.split(jax.random.key(11), 2)
     theta, category_params, theta_maml = train(members, k_maml2, k_maml)[:3]
