@@ -90,7 +90,7 @@ def sweep_seed(seed: int, settings, runs: int) -> list[dict]:
             "all_hold": all(c["holds"] for c in checks.values()),
             "mean_steps": summary["mean_steps"],
             "mean_steps_after_reset": summary["mean_steps_after_reset"],
-            "own_category_rate": float(np.mean(np.asarray(chosen) == labels)),
+            "own_category_rate": float(np.mean(result.chosen == result.labels)),
             # Why the reset rarely matters on {9}: θ's first episode there is already short,
             # and the reset and no-reset runs then take the very same steps.
             "isolated_first_episode": float(with_reset[..., 0].mean()),
