@@ -18,7 +18,6 @@ is written.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -69,15 +68,10 @@ def _add_gridworld(sub) -> None:
     p.add_argument("--out", required=True, help="output directory (created if missing)")
     p.add_argument("--runs", type=int, default=d.runs, help="independent runs (default %(default)s)")
     p.add_argument("--seed", type=int, default=d.seed, help="master seed (default %(default)s)")
-    p.add_argument("--categories", type=int, default=d.categories, help="N, task categories (default %(default)s)")
-    p.add_argument("--outer-iterations", type=int, default=d.outer_iterations, help="K_out of MAML² (default %(default)s)")
-    p.add_argument("--inner-iterations", type=int, default=d.inner_iterations,
-                   help="K_in, CatMeta steps per category per outer iteration (default %(default)s)")
+    add_meta_flags(p, d.meta_config(), skip=("tasks_per_category", "category_init", "classify_every",
+                                             "classify_from", "stop_tolerance"))
     p.add_argument("--maml-iterations", type=int, default=d.maml_iterations,
                    help="meta-iterations of the MAML baseline (default %(default)s)")
-    p.add_argument("--outer-update", choices=("sequential", "parallel"), default=d.outer_update,
-                   help="sequential: each category starts from the θ moved by the previous ones (published); "
-                        "parallel: all from the same θ, then the mean (default %(default)s)")
     p.add_argument("--classify-episodes", type=int, default=d.classify_episodes,
                    help="episodes learning each task from scratch for its feature (default %(default)s)")
     p.add_argument("--adapt-episodes", type=int, default=d.adapt_episodes,
@@ -142,29 +136,10 @@ def check_writable(out: str) -> None:
         raise ConfigError(f"output directory {out} is not writable ({error.strerror})") from None
 
 
-def _write_atomically(path: str, write) -> None:
-    directory = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.splitext(path)[1])
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def _write_json(path: str, data: dict) -> None:
-    def dump(tmp):
-        with open(tmp, "w") as f:
-            json.dump(data, f, indent=1)
-
-    _write_atomically(path, dump)
-
-
 def run_gridworld(args) -> None:
     """Impure: runs the experiment, prints progress and the table, writes the outputs."""
     from maml2_jax import evaluation, gridworld_experiment, plotting
+    from maml2_jax.io import files
 
     config = _gridworld_config(args)
     check_writable(args.out)
@@ -187,35 +162,74 @@ def run_gridworld(args) -> None:
     os.makedirs(args.out, exist_ok=True)
     summary_path = os.path.join(args.out, "summary.json")
     figure_path = os.path.join(args.out, "adaptation.png")
-    _write_atomically(figure_path, lambda tmp: plotting.adaptation_figure(summary, tmp))
-    _write_json(summary_path, summary)
+    files.write_atomically(figure_path, lambda tmp: plotting.adaptation_figure(summary, tmp))
+    files.write_json(summary_path, summary)
     print(evaluation.table(summary))
     print(f"{result.seconds:.1f} s; wrote {summary_path} and {figure_path}")
 
 
+# Earlier names of the shared schedule's flags, still accepted.
+_META_ALIASES = {"outer_iterations": ("--iterations",), "inner_iterations": ("--category-steps",),
+                 "classify_every": ("--recluster-every",)}
+
+
+def add_meta_flags(group, defaults, skip=()) -> None:
+    """Adds a flag per field of :class:`~maml2_jax.core.config.MetaConfig` (help from the field)."""
+    import dataclasses
+
+    from maml2_jax.core.config import MetaConfig
+
+    for field in dataclasses.fields(MetaConfig):
+        if field.name in skip:
+            continue
+        default = getattr(defaults, field.name)
+        kwargs = {"type": type(default), "default": default, "dest": field.name,
+                  "help": f"{field.metadata['help']} (default %(default)s)"}
+        if field.metadata.get("choices"):
+            kwargs["choices"] = field.metadata["choices"]
+        group.add_argument("--" + field.name.replace("_", "-"), *_META_ALIASES.get(field.name, ()), **kwargs)
+
+
+def meta_from_args(args, defaults):
+    """The :class:`~maml2_jax.core.config.MetaConfig` of the parsed flags (others from ``defaults``)."""
+    import dataclasses
+
+    names = {f.name for f in dataclasses.fields(defaults)}
+    return dataclasses.replace(defaults, **{n: getattr(args, n) for n in names if hasattr(args, n)})
+
+
 def _add_train(sub) -> None:
-    from maml2_jax.deep_maml2 import CATEGORY_INITS, FEATURES
-    from maml2_jax.deep_training import ALGORITHMS, TrainConfig
+    from maml2_jax.deep_training import ALGORITHMS, RULES, TrainConfig
     from maml2_jax.envs import family_names
-    from maml2_jax.maml2 import OUTER_MODES
+    from maml2_jax.learners.policy_gradient import FEATURES
 
     d = TrainConfig()
-    m = d.maml2
     families = family_names()
-    p = sub.add_parser("train", help="meta-train a neural policy (deep track: MAML-TRPO or MAML²)")
+    p = sub.add_parser("train", help="meta-train a neural policy (deep track: MAML or MAML², one engine)")
+    p.add_argument("--out", help="output directory: config.json, metrics.jsonl, params.msgpack, checkpoint/")
+    p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its newest checkpoint "
+                                                   "(its saved config is used; other flags are ignored)")
     p.add_argument("--env", choices=families, default=d.env, metavar="ENV",
                    help=f"task family: {', '.join(families)} (default %(default)s)")
     p.add_argument("--horizon", type=int, default=d.horizon,
                    help="steps per episode (default %(default)s: the family's, 100 for nav2d, 200 for brax)")
     p.add_argument("--backend", default=d.backend,
                    help="brax physics backend: spring, positional, generalized, mjx (default: spring)")
-    p.add_argument("--algo", choices=ALGORITHMS, default=d.algo, help="meta-learning algorithm (default %(default)s)")
-    p.add_argument("--iterations", type=int, default=d.iterations,
-                   help="meta-iterations; MAML²: outer iterations (default %(default)s)")
-    p.add_argument("--out", required=True, help="output directory: metrics.jsonl, params.msgpack, config.json")
+    p.add_argument("--algo", choices=ALGORITHMS, default=d.algo,
+                   help="maml: one category, fresh tasks each step; maml2: categories of a pool (default %(default)s)")
+    p.add_argument("--rule", choices=RULES, default=d.rule,
+                   help="meta-update: trpo (MAML-TRPO) or a meta-gradient through optax adam / sgd "
+                        "(default %(default)s)")
+    p.add_argument("--meta-lr", type=float, default=d.meta_lr, help="step size of --rule adam/sgd (default %(default)s)")
     p.add_argument("--seed", type=int, default=d.seed, help="seed (default %(default)s)")
+    p.add_argument("--seeds", type=int, default=d.seeds,
+                   help="seeds seed, seed+1, ... trained in one compiled program; outputs in OUT/seed_<s> "
+                        "(default %(default)s)")
+    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every,
+                   help="outer iterations between checkpoints of the whole run state (0: at the end only; "
+                        "default %(default)s)")
     p.add_argument("--meta-batch-size", type=int, default=d.meta_batch_size,
-                   help="MAML: tasks per iteration (default %(default)s)")
+                   help="MAML: tasks per meta-update (default %(default)s)")
     p.add_argument("--num-trajectories", type=int, default=d.inner.num_trajectories,
                    help="trajectories per task per inner step (default %(default)s)")
     p.add_argument("--inner-steps", type=int, default=d.inner.inner_steps, help="K, inner steps (default %(default)s)")
@@ -229,22 +243,12 @@ def _add_train(sub) -> None:
                    help="share of tasks for TRPO's curvature products (default %(default)s: all)")
     p.add_argument("--devices", type=int, default=d.devices,
                    help="devices to split the tasks over (default %(default)s: all; on a CPU one per core)")
-    g = p.add_argument_group("MAML² (--algo maml2)")
-    g.add_argument("--categories", type=int, default=m.num_categories, help="N, categories (default %(default)s)")
-    g.add_argument("--pool-size", type=int, default=m.pool_size,
+    g = p.add_argument_group("schedule (MAML²: --algo maml2; MAML uses --outer-iterations only)")
+    add_meta_flags(g, d.meta, skip=("stop_tolerance", "classify_from"))
+    g.add_argument("--pool-size", type=int, default=d.pool_size,
                    help="training tasks drawn once and classified (default %(default)s)")
-    g.add_argument("--tasks-per-category", type=int, default=m.tasks_per_category,
-                   help="tasks of each category's meta-update (default %(default)s)")
-    g.add_argument("--category-steps", type=int, default=m.category_steps,
-                   help="K_in, meta-updates per category per outer iteration (default %(default)s)")
-    g.add_argument("--recluster-every", type=int, default=m.recluster_every,
-                   help="R, outer iterations between classifications (default %(default)s)")
-    g.add_argument("--feature", choices=FEATURES, default=m.feature,
+    g.add_argument("--feature", choices=FEATURES, default=d.feature,
                    help="classification feature: the update θ_T − θ or the adapted θ_T (default %(default)s)")
-    g.add_argument("--outer-update", choices=OUTER_MODES, default=m.outer_update,
-                   help="global move: mean of vmapped categories, or the sequential rule (default %(default)s)")
-    g.add_argument("--category-init", choices=CATEGORY_INITS, default=m.category_init,
-                   help="θ_c carries on (persistent) or restarts from θ each outer iteration (default %(default)s)")
     p.add_argument("--distributed", action="store_true",
                    help="multi-host: call jax.distributed.initialize() first (coordinator from the cluster "
                         "environment or JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID) and split "
@@ -252,47 +256,63 @@ def _add_train(sub) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def run_train(args) -> None:
-    """Impure: trains, shows progress, writes the outputs."""
-    import jax
-    from tqdm import tqdm
-
+def _train_config(args):
     from maml2_jax import deep_training
-    from maml2_jax.deep_maml2 import DeepMAML2Config
     from maml2_jax.learners.policy_gradient import PolicyGradientConfig
     from maml2_jax.networks import PolicyConfig
     from maml2_jax.trpo import TRPOConfig
 
-    config = deep_training.TrainConfig(
-        env=args.env, horizon=args.horizon, backend=args.backend, algo=args.algo, iterations=args.iterations,
-        seed=args.seed,
-        meta_batch_size=args.meta_batch_size, curvature_fraction=args.curvature_fraction, devices=args.devices,
+    d = deep_training.TrainConfig()
+    return deep_training.TrainConfig(
+        env=args.env, horizon=args.horizon, backend=args.backend, algo=args.algo, rule=args.rule,
+        meta_lr=args.meta_lr, seed=args.seed, seeds=args.seeds, checkpoint_every=args.checkpoint_every,
+        meta_batch_size=args.meta_batch_size, pool_size=args.pool_size, feature=args.feature,
+        curvature_fraction=args.curvature_fraction, devices=args.devices,
         inner=PolicyGradientConfig(num_trajectories=args.num_trajectories, inner_steps=args.inner_steps,
                                    inner_lr=args.inner_lr, first_order=args.first_order),
         trpo=TRPOConfig(max_kl=args.max_kl, cg_iterations=args.cg_iterations),
         policy=PolicyConfig(weight_init=args.weight_init),
-        maml2=DeepMAML2Config(num_categories=args.categories, pool_size=args.pool_size,
-                              tasks_per_category=args.tasks_per_category, category_steps=args.category_steps,
-                              recluster_every=args.recluster_every, feature=args.feature,
-                              outer_update=args.outer_update, category_init=args.category_init),
+        meta=meta_from_args(args, d.meta),
     )
+
+
+def run_train(args) -> None:
+    """Impure: trains (or resumes), shows progress, writes the outputs."""
+    import jax
+    from tqdm import tqdm
+
+    from maml2_jax import deep_training
+
+    if args.resume:
+        out = args.resume
+        config = deep_training.load_config(out)
+    else:
+        if not args.out:
+            raise ConfigError("the following arguments are required: --out (or --resume DIR)")
+        out = args.out
+        config = _train_config(args)
     if args.distributed:
         jax.distributed.initialize()  # before any computation; jax.devices() then spans every host
     deep_training.mesh_for(config)  # refuse a meta-batch that does not split before writing anything
     writer = not args.distributed or jax.process_index() == 0
-    if writer:
-        check_writable(args.out)
+    if writer and not args.resume:
+        check_writable(out)
     bar = tqdm(total=config.iterations, disable=args.quiet or not writer, desc=f"{config.algo} on {config.env}")
 
     def progress(row):
-        bar.set_postfix(pre=f"{row['pre_return']:.1f}", post=f"{row['post_return']:.1f}")
+        if bar.n == 0 and row["iteration"] > 0:
+            bar.update(row["iteration"])  # a resumed run starts where it stopped
+        shown = {k: f"{row[k]:.1f}" for k in ("pre_return", "post_return") if row.get(k) is not None}
+        bar.set_postfix(**shown)
         bar.update()
 
-    _, history = deep_training.train(config, args.out if writer else None, progress)
+    _, histories = deep_training.train(config, out if writer else None, progress, resume=bool(args.resume))
     bar.close()
-    last = history[-1]
-    print(f"iteration {last['iteration']}: return {last['pre_return']:.1f} before, {last['post_return']:.1f} after "
-          f"adaptation; wrote {args.out}/metrics.jsonl and params.msgpack")
+    last = histories[0][-1] if histories[0] else None
+    if last is not None and last.get("pre_return") is not None:
+        print(f"iteration {last['iteration']}: return {last['pre_return']:.1f} before, "
+              f"{last['post_return']:.1f} after adaptation (seed {config.seed})")
+    print(f"wrote {out}")
 
 
 def _add_evaluate(sub) -> None:
@@ -308,14 +328,15 @@ def _add_evaluate(sub) -> None:
 def run_evaluate(args) -> None:
     """Impure: evaluates, prints a table, writes the outputs."""
     from maml2_jax import deep_evaluation, plotting
+    from maml2_jax.io import files
 
     runs = deep_evaluation.find_runs(args.runs)
     check_writable(args.out)
     summary = deep_evaluation.evaluate(runs, args.tasks, args.steps, args.seed)
     print(deep_evaluation.table(summary))
     os.makedirs(args.out, exist_ok=True)
-    _write_atomically(os.path.join(args.out, "adaptation.png"), lambda tmp: plotting.return_figure(summary, tmp))
-    _write_json(os.path.join(args.out, "summary.json"), summary)
+    files.write_atomically(os.path.join(args.out, "adaptation.png"), lambda tmp: plotting.return_figure(summary, tmp))
+    files.write_json(os.path.join(args.out, "summary.json"), summary)
     print(f"wrote {args.out}/summary.json and adaptation.png")
 
 

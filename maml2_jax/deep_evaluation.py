@@ -5,7 +5,7 @@ every method on the same fresh test tasks:
 
 * ``maml``: θ of each MAML run, K policy-gradient steps;
 * ``maml2``: θ of each MAML² run, one step, reset to θ_{c*} by update tendency, then
-  K − 1 more (:func:`maml2_jax.deep_maml2.adaptation_curve`);
+  K − 1 more (:func:`maml2_jax.core.readaptation.adaptation_curve`);
 * ``maml2_no_reset``: the same θ without the reset (the ablation);
 * ``lfs``: learning from scratch, a freshly initialised policy per run seed.
 
@@ -16,13 +16,16 @@ standard deviation.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
 import jax
 import numpy as np
 
-from maml2_jax import deep_maml2, deep_training
+from maml2_jax import deep_training
+from maml2_jax.core.readaptation import adaptation_curve
+from maml2_jax.learners.policy_gradient import PolicyGradientConfig, make_policy_gradient_learner
 from maml2_jax.errors import ConfigError, check_positive_int
 from maml2_jax.evaluation import band
 
@@ -43,12 +46,14 @@ def find_runs(path: str) -> list[str]:
     return runs
 
 
-def _curve_function(adapter, steps: int):
+def _curve_function(parts, steps: int):
     """``(theta, category_params | None, tasks, key, reset) -> (returns [T, steps+1], c* [T])``, jitted once."""
+    one_step = dataclasses.replace(parts.config.inner, inner_steps=1)
+    learner = make_policy_gradient_learner(parts.family, parts.policy, one_step)
 
     def curves(theta, category_params, tasks, key, reset):
         def one(task, k):
-            return deep_maml2.adaptation_curve(adapter, steps, theta, task, k, category_params, reset)
+            return adaptation_curve(learner, steps, theta, task, k, category_params, reset)
 
         return jax.vmap(one)(tasks, jax.random.split(key, tasks.shape[0]))
 
@@ -95,13 +100,13 @@ def evaluate(run_dirs: list[str], num_tasks: int = 40, steps: int = 3, seed: int
     for path, (config, run_parts, theta, category_params) in zip(run_dirs, loaded):
         setting = (config.policy, config.inner)
         if setting not in compiled:
-            compiled[setting] = _curve_function(run_parts.adapter, steps)
+            compiled[setting] = _curve_function(run_parts, steps)
         curves = compiled[setting]
         if config.algo == "maml2":
             curve, picked = jax.device_get(curves(theta, category_params, tasks, key, reset=True))
             per_task["maml2"].append(curve)
             runs["maml2"].append(path)
-            meaning = _category_meaning(path, config.maml2.num_categories)
+            meaning = _category_meaning(path, config.meta.categories)
             for t, c in zip(truth, picked):
                 counts = chosen.setdefault(str(t), {})
                 picked_truth = str(meaning[int(c)])

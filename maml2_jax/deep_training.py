@@ -1,16 +1,20 @@
-"""Meta-training of the deep track: MAML-TRPO or deep MAML² on a task family.
+"""Meta-training of the deep track: MAML (MAML-TRPO) or deep MAML² on a task family.
 
-``train`` runs ``iterations`` calls of one compiled meta-iteration, writes one JSON
-line of metrics per iteration and saves the parameters at the end. I/O, and MAML²'s
-classification (k-means on the host), happen only between compiled calls.
+Both algorithms are the engine of :mod:`maml2_jax.core.train`:
 
-* ``algo="maml"``: :func:`maml2_jax.maml_trpo.make_maml_trpo_iteration`, fresh tasks
-  from the family every iteration.
-* ``algo="maml2"``: :mod:`maml2_jax.deep_maml2` on a pool of tasks drawn once,
-  re-classified every R iterations.
+* ``algo="maml"``: one category, fresh tasks from the family at every step
+  (MAML's customary sampling);
+* ``algo="maml2"``: N categories of a pool of tasks drawn once, re-classified every
+  R outer iterations.
 
-The task axis is split over a 1-D device mesh when ``devices`` > 1 (on a CPU host the
-CLI asks XLA for one device per core).
+The meta-update rule is MAML-TRPO (``rule="trpo"``, the customary one) or a
+meta-gradient through an optax optimiser (``"adam"``, ``"sgd"``).
+
+``train`` is the host loop: one compiled call per outer iteration (all seeds,
+categories, tasks and trajectories inside it), then logging, classification and
+checkpoints. I/O happens only between compiled calls. The task axis is split over a
+1-D device mesh when ``devices`` > 1 (on a CPU host the CLI asks XLA for one device
+per core).
 """
 
 from __future__ import annotations
@@ -24,17 +28,33 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 from flax import serialization
 
-from maml2_jax import clustering, deep_maml2, sharding
-from maml2_jax import envs
+from maml2_jax import envs, sharding
+from maml2_jax.core import train as engine_lib
+from maml2_jax.core import task_sources
+from maml2_jax.core.config import MetaConfig
+from maml2_jax.core.types import RunState
 from maml2_jax.errors import ConfigError, check_positive_int
-from maml2_jax.learners.policy_gradient import PolicyGradientConfig, make_policy_gradient_adapter
-from maml2_jax.maml_trpo import make_maml_trpo_iteration, make_maml_trpo_update
+from maml2_jax.io import files
+from maml2_jax.io.checkpoint import Checkpoints
+from maml2_jax.learners.policy_gradient import (FEATURES, PolicyGradientConfig, make_policy_gradient_adapter,
+                                                make_policy_gradient_learner)
 from maml2_jax.networks import PolicyConfig, make_gaussian_policy
+from maml2_jax.rules import gradient
+from maml2_jax.rules.maml_trpo import maml_trpo
 from maml2_jax.trpo import TRPOConfig
 
 ALGORITHMS = ("maml", "maml2")
+RULES = ("trpo", "adam", "sgd")
+CHECKPOINT_DIR = "checkpoint"
+
+# The deep track's schedule. It differs from the published tabular rule (sequential,
+# θ_c ← θ) in two measured choices: categories vmapped in parallel, and θ_c kept
+# between outer iterations (see docs/ on the nav2d-isolated experiment).
+DEEP_SCHEDULE = MetaConfig(categories=3, outer_iterations=50, inner_iterations=1, tasks_per_category=10,
+                           outer_update="parallel", category_init="persistent", classify_every=10)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,29 +67,40 @@ class TrainConfig:
       horizon: steps per episode (0: the family's default, 100 for 2-D navigation,
         200 for brax).
       backend: brax physics pipeline ("": the default; brax families only).
-      algo: ``maml`` (MAML-TRPO) or ``maml2`` (deep MAML², see ``maml2``).
-      iterations: meta-iterations (MAML²: outer iterations).
-      seed: seed of the initial parameters and of every iteration's randomness.
-      meta_batch_size: MAML's tasks per meta-iteration.
+      algo: ``maml`` (one category, fresh tasks) or ``maml2`` (categories of a pool).
+      seed: seed of the first run; seed s of ``seeds`` uses ``seed + s``.
+      seeds: S, seeds trained side by side in one compiled program.
+      meta_batch_size: MAML's tasks per meta-update (MAML²: ``meta.tasks_per_category``).
+      pool_size: MAML²'s training tasks, drawn once and classified.
+      feature: MAML²'s classification feature: "update" (θ_T − θ) or "adapted" (θ_T).
+      rule: the meta-update: "trpo" (MAML-TRPO), "adam" or "sgd" (a meta-gradient
+        through that optax optimiser, step size ``meta_lr``).
+      meta_lr: step size of the optax rules.
       curvature_fraction: share of the tasks used for TRPO's curvature products.
       devices: devices to split the task axis over (0: all local devices).
-      policy, inner, trpo: the policy, inner loop and meta-update settings.
-      maml2: categories, pool and schedule of ``algo="maml2"``.
+      checkpoint_every: outer iterations between checkpoints (0: only at the end).
+      policy, inner, trpo: the policy, inner loop and TRPO settings.
+      meta: the schedule (N, K_out, K_in, B, outer update, classification period).
     """
 
     env: str = "nav2d"
     horizon: int = 0
     backend: str = ""
     algo: str = "maml"
-    iterations: int = 50
     seed: int = 1
+    seeds: int = 1
     meta_batch_size: int = 20
+    pool_size: int = 40
+    feature: str = "update"
+    rule: str = "trpo"
+    meta_lr: float = 1e-3
     curvature_fraction: float = 1.0
     devices: int = 0
+    checkpoint_every: int = 10
     policy: PolicyConfig = PolicyConfig()
     inner: PolicyGradientConfig = PolicyGradientConfig()
     trpo: TRPOConfig = TRPOConfig()
-    maml2: deep_maml2.DeepMAML2Config = deep_maml2.DeepMAML2Config()
+    meta: MetaConfig = DEEP_SCHEDULE
 
     def __post_init__(self):
         if self.env not in envs.family_names():
@@ -81,29 +112,60 @@ class TrainConfig:
                 raise ConfigError(f"a physics backend applies to brax families only, not {self.env!r}")
             if self.backend not in brax_tasks.BACKENDS:
                 raise ConfigError(f"unknown brax backend {self.backend!r}; valid: {', '.join(brax_tasks.BACKENDS)}")
-        if self.horizon < 0:
+        if isinstance(self.horizon, bool) or not isinstance(self.horizon, int) or self.horizon < 0:
             raise ConfigError(f"horizon must be a positive integer (0: the family's default), got {self.horizon}")
         if self.algo not in ALGORITHMS:
             raise ConfigError(f"algo must be one of {', '.join(ALGORITHMS)}, got {self.algo!r}")
-        check_positive_int("iterations", self.iterations)
+        if self.rule not in RULES:
+            raise ConfigError(f"rule must be one of {', '.join(RULES)}, got {self.rule!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**31 - 2**20:
+            raise ConfigError(f"seed must be an integer in [0, 2**31 - 2**20), got {self.seed!r}")
+        check_positive_int("seeds", self.seeds)
         check_positive_int("meta-batch size", self.meta_batch_size)
+        check_positive_int("pool size", self.pool_size)
+        if self.feature not in FEATURES:
+            raise ConfigError(f"feature must be one of {', '.join(FEATURES)}, got {self.feature!r}")
+        if not 0.0 < self.meta_lr < float("inf"):
+            raise ConfigError(f"meta learning rate must be positive and finite, got {self.meta_lr}")
         if not 0.0 < self.curvature_fraction <= 1.0:
             raise ConfigError(f"curvature fraction must be in (0, 1], got {self.curvature_fraction}")
         if isinstance(self.devices, bool) or not isinstance(self.devices, int) or self.devices < 0:
             raise ConfigError(f"devices must be a non-negative integer, got {self.devices!r}")
+        if isinstance(self.checkpoint_every, bool) or not isinstance(self.checkpoint_every, int) \
+                or self.checkpoint_every < 0:
+            raise ConfigError(f"checkpoint every must be a non-negative integer, got {self.checkpoint_every!r}")
+        if self.algo == "maml2" and self.meta.categories > self.pool_size:
+            raise ConfigError(f"cannot make {self.meta.categories} categories of a pool of {self.pool_size} tasks")
+
+    @property
+    def iterations(self) -> int:
+        """Outer iterations, K_out."""
+        return self.meta.outer_iterations
 
     @property
     def tasks_per_update(self) -> int:
         """Tasks of one meta-update: the meta-batch (MAML) or one category's (MAML²)."""
-        return self.maml2.tasks_per_category if self.algo == "maml2" else self.meta_batch_size
+        return self.meta.tasks_per_category if self.algo == "maml2" else self.meta_batch_size
+
+    def schedule(self) -> MetaConfig:
+        """The engine's schedule: MAML is one category, one step per outer iteration, θ_c ← θ."""
+        if self.algo == "maml2":
+            return self.meta
+        return dataclasses.replace(self.meta, categories=1, inner_iterations=1, tasks_per_category=self.meta_batch_size,
+                                   category_init="global", classify_every=0, stop_tolerance=0.0)
 
     @staticmethod
     def from_dict(data: dict) -> "TrainConfig":
         """Inverse of ``dataclasses.asdict`` (reads a run's ``config.json``)."""
-        nested = {"policy": PolicyConfig, "inner": PolicyGradientConfig, "trpo": TRPOConfig,
-                  "maml2": deep_maml2.DeepMAML2Config}
-        fields = {k: (nested[k](**v) if k in nested else v) for k, v in data.items()}
-        return TrainConfig(**fields)
+        nested = {"policy": PolicyConfig, "inner": PolicyGradientConfig, "trpo": TRPOConfig, "meta": MetaConfig}
+        try:
+            fields = {k: (nested[k](**v) if k in nested else v) for k, v in data.items()}
+            if "policy" in fields and isinstance(fields["policy"].hidden_sizes, list):
+                fields["policy"] = dataclasses.replace(fields["policy"],
+                                                       hidden_sizes=tuple(fields["policy"].hidden_sizes))
+            return TrainConfig(**fields)
+        except TypeError as error:
+            raise ConfigError(f"config.json does not describe a training run ({error})") from None
 
 
 def mesh_for(config: TrainConfig):
@@ -121,128 +183,219 @@ def mesh_for(config: TrainConfig):
 
 
 class Parts:
-    """The pure pieces of a run, built once: family, policy, adapter and meta-update."""
+    """The pure pieces of a run, built once: family, policy, learner, rule, source, engine."""
 
     def __init__(self, config: TrainConfig, mesh=None):
+        self.config = config
         self.family = envs.make_task_family(config.env, config.horizon, config.backend)
         self.policy = make_gaussian_policy(self.family.obs_dim, self.family.action_dim, config.policy)
         self.adapter = make_policy_gradient_adapter(self.family, self.policy, config.inner)
-        self.update = make_maml_trpo_update(self.policy, self.adapter, config.inner.inner_steps,
-                                            config.tasks_per_update, config.trpo, config.curvature_fraction, mesh)
+        self.learner = make_policy_gradient_learner(self.family, self.policy, config.inner, config.feature)
+        if config.rule == "trpo":
+            self.rule = maml_trpo(self.policy, self.adapter, config.inner.inner_steps, config.tasks_per_update,
+                                  config.trpo, config.curvature_fraction, mesh)
+        else:
+            optimizer = optax.adam(config.meta_lr) if config.rule == "adam" else optax.sgd(config.meta_lr)
+            self.rule = gradient(self.learner, optimizer)
+        if config.algo == "maml2":
+            self.source = task_sources.fixed_pool(self.family.sample_tasks, config.pool_size)
+        else:
+            self.source = task_sources.fresh(self.family.sample_tasks)
+        self.engine = engine_lib.make_engine(self.learner, self.rule, self.source, config.schedule())
+
+    def init(self, seed: int) -> RunState:
+        """The run state of ``seed``: θ from ``key(seed)``, the run key ``key(seed + 1000003)``."""
+        theta = self.policy.init(jax.random.key(seed))
+        return self.engine.init(jax.random.key(seed + 1_000_003), theta)
+
+    def init_seeds(self) -> RunState:
+        """``[S, ...]`` states of seeds ``seed .. seed + S − 1`` (unbatched when S = 1)."""
+        states = [self.init(self.config.seed + s) for s in range(self.config.seeds)]
+        if self.config.seeds == 1:
+            return states[0]
+        return jax.tree.map(lambda *xs: jnp.stack(xs), *states)
 
 
-def _row(i: int, pre, post, kl, step_fraction, seconds: float) -> dict:
-    return {"iteration": i, "pre_return": float(np.mean(pre)), "post_return": float(np.mean(post)),
-            "kl": float(np.mean(kl)), "step_fraction": float(np.mean(step_fraction)), "seconds": seconds}
+def _row(i: int, metrics: dict, seconds: float, classified: bool, labels=None) -> dict:
+    """The metrics line of one iteration: means over categories, and per category for N > 1."""
+    row = {"iteration": i}
+    for name, value in metrics.items():
+        value = np.asarray(value, np.float64)
+        row[name] = files.finite(float(value.mean()))
+        if value.size > 1:
+            row[f"category_{name}"] = [files.finite(float(v)) for v in value]
+    row["classified"] = classified
+    if labels is not None:
+        row["labels"] = np.asarray(labels).tolist()
+    row["seconds"] = seconds
+    return row
 
 
-def train(config: TrainConfig, out: str | None = None, progress: Callable[[dict], None] | None = None):
+def seed_dirs(out: str, config: TrainConfig) -> list[str]:
+    """Each seed's output directory: ``out`` itself for one seed, ``out/seed_<s>`` for several."""
+    if config.seeds == 1:
+        return [out]
+    return [os.path.join(out, f"seed_{config.seed + s}") for s in range(config.seeds)]
+
+
+def _read_metrics(path: str, before: int) -> list[dict]:
+    """The rows of an interrupted run's ``metrics.jsonl`` for iterations < ``before``."""
+    rows = []
+    if os.path.isfile(path):
+        with open(path) as f:
+            for line in f:
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    break  # a line cut by the kill; it and everything after are redone
+                if row.get("iteration", before) >= before:
+                    break
+                rows.append(row)
+    if len(rows) != before:
+        raise ConfigError(f"{path} holds {len(rows)} complete iterations, the checkpoint {before}")
+    return rows
+
+
+def train(config: TrainConfig, out: str | None = None, progress: Callable[[dict], None] | None = None,
+          resume: bool = False, stop_after: int | None = None):
     """Runs the meta-training. Impure: writes to ``out`` (nothing when None).
 
-    Writes ``metrics.jsonl`` (a line per iteration), ``params.msgpack`` (θ),
-    ``config.json``, and for MAML² ``category_params.msgpack`` (θ_c stacked) and
-    ``categories.json`` (the pool, its labels at every classification, the
-    ground-truth categories of the pool).
+    Per seed directory (:func:`seed_dirs`): ``config.json`` (written first),
+    ``metrics.jsonl`` (a strict-JSON line per outer iteration), and at the end
+    ``params.msgpack`` (θ), for MAML² ``category_params.msgpack`` (θ_c stacked) and
+    ``categories.json`` (the pool, its labels at every classification, the pool's
+    ground-truth categories). ``out/checkpoint/`` holds the whole run state every
+    ``checkpoint_every`` iterations and at the end.
+
+    Args:
+      config: the run.
+      out: output directory, or None for no files.
+      progress: called with each iteration's row (seed 0's with several seeds).
+      resume: continue from the newest checkpoint in ``out`` (its ``config.json``
+        must equal ``config``).
+      stop_after: stop after this many outer iterations in all (a pause; resume later).
 
     Returns:
-      ``(params, history)``: θ (MAML²: the :class:`~maml2_jax.deep_maml2.DeepMAML2State`)
-      and the per-iteration dicts with ``iteration``, ``pre_return``, ``post_return``
-      (mean per-episode return before and after adaptation; MAML²: mean over
-      categories), ``kl``, ``step_fraction``, ``seconds`` (wall time of the iteration,
-      classification included; iteration 0's includes compilation) and, for MAML²,
-      ``category_pre_return``, ``category_post_return`` and ``classified``.
+      ``(state, history)``: the final :class:`~maml2_jax.core.types.RunState`
+      (``[S, ...]`` with several seeds) and, per seed, the list of metric rows.
     """
     mesh = mesh_for(config)
     parts = Parts(config, mesh)
-    params = parts.policy.init(jax.random.key(config.seed))
-    key = jax.random.key(config.seed + 1_000_003)
-    history, extra = [], {}
-    log = None
-    if out is not None:
+    state = parts.init_seeds()
+    dirs = seed_dirs(out, config) if out is not None else []
+    histories = [[] for _ in range(config.seeds)]
+    checkpoints = Checkpoints(os.path.join(out, CHECKPOINT_DIR)) if out is not None else None
+    if resume:
+        if checkpoints is None:
+            raise ConfigError("resume needs an output directory")
+        state, record = checkpoints.restore(state)
+        done = int(record.get("iteration", -1))
+        if done != int(np.asarray(state.iteration).reshape(-1)[0]):
+            raise ConfigError(f"checkpoint in {out} is inconsistent (record says iteration {done})")
+        histories = [_read_metrics(os.path.join(d, "metrics.jsonl"), done) for d in dirs]
+    elif out is not None:
         os.makedirs(out, exist_ok=True)
-        log = open(os.path.join(out, "metrics.jsonl"), "w")
+        if config.seeds > 1:
+            files.write_json(os.path.join(out, "run_config.json"), dataclasses.asdict(config))
+        for d in dirs:
+            os.makedirs(d, exist_ok=True)
+            for stale in ("params.msgpack", "category_params.msgpack", "categories.json"):
+                if os.path.exists(os.path.join(d, stale)):
+                    os.remove(os.path.join(d, stale))
+            seed_config = dataclasses.replace(config, seed=config.seed + dirs.index(d), seeds=1) \
+                if config.seeds > 1 else config
+            files.write_json(os.path.join(d, "config.json"), dataclasses.asdict(seed_config))
+    logs = [files.MetricsLog(os.path.join(d, "metrics.jsonl"), histories[s]) for s, d in enumerate(dirs)]
+    stop = config.iterations if stop_after is None else min(stop_after, config.iterations)
+    last = [time.perf_counter()]
+
+    def callback(state, metrics, classified):
+        metrics = jax.device_get(metrics)
+        now = time.perf_counter()
+        i = int(np.asarray(state.iteration).reshape(-1)[0]) - 1
+        for s in range(config.seeds):
+            per_seed = metrics if config.seeds == 1 else jax.tree.map(lambda x: x[s], metrics)
+            labels = None
+            if classified:
+                labels = state.labels if config.seeds == 1 else state.labels[s]
+            row = _row(i, per_seed, now - last[0], classified, labels)
+            histories[s].append(row)
+            if logs:
+                logs[s].append(row)
+        last[0] = now
+        if progress is not None:
+            progress(histories[0][-1])
+        done = i + 1
+        if checkpoints is not None and (done == config.iterations or
+                                        (config.checkpoint_every and done % config.checkpoint_every == 0)):
+            checkpoints.save(done, state, {"iteration": done})
+
     try:
-        if config.algo == "maml":
-            iteration = jax.jit(make_maml_trpo_iteration(
-                parts.family, parts.policy, parts.adapter, config.inner.inner_steps, config.meta_batch_size,
-                config.trpo, config.curvature_fraction, mesh))
-            for i in range(config.iterations):
-                t0 = time.perf_counter()
-                params, m = jax.device_get(iteration(params, jax.random.fold_in(key, i)))
-                row = _row(i, m.pre_return, m.post_return, m.trpo.kl, m.trpo.step_fraction, time.perf_counter() - t0)
-                _emit(row, history, log, progress)
-        else:
-            params, extra = _train_maml2(config, parts, params, key, history, log, progress)
+        state = engine_lib.run(parts.engine, state, stop, callback, seeds=config.seeds > 1)
     finally:
-        if log is not None:
+        for log in logs:
             log.close()
-    if out is not None:
-        _save(out, config, params, extra)
-    return params, history
+        if checkpoints is not None:
+            checkpoints.close()
+    if out is not None and int(np.asarray(state.iteration).reshape(-1)[0]) == config.iterations:
+        for s, d in enumerate(dirs):
+            one = state if config.seeds == 1 else jax.tree.map(lambda x: x[s], state)
+            _save(d, config, one, histories[s])
+    return state, histories
 
 
-def _train_maml2(config, parts, theta, key, history, log, progress):
-    settings = config.maml2
-    pool_key, feature_key, iteration_key = jax.random.split(jax.random.fold_in(key, 7), 3)
-    pool, pool_categories = parts.family.sample_tasks(pool_key, settings.pool_size)
-    features = jax.jit(deep_maml2.make_features(parts.adapter, settings.feature))
-    iteration = jax.jit(deep_maml2.make_maml2_iteration(parts.update, settings))
-    state = deep_maml2.init_state(theta, settings.num_categories)
-    centroids, members, classifications = None, None, []
-    for i in range(config.iterations):
-        t0 = time.perf_counter()
-        classified = i % settings.recluster_every == 0
-        if classified:
-            f = np.asarray(features(state.theta, pool, jax.random.fold_in(feature_key, i)))
-            labels, centroids = deep_maml2.classify(f, settings.num_categories, config.seed + i, centroids)
-            members = jnp.asarray(clustering.membership(labels, settings.num_categories))
-            classifications.append({"iteration": i, "labels": labels.tolist()})
-        state, m = jax.device_get(iteration(state, pool, members, jax.random.fold_in(iteration_key, i)))
-        row = _row(i, m.pre_return, m.post_return, m.kl, m.step_fraction, time.perf_counter() - t0)
-        row.update(category_pre_return=np.asarray(m.pre_return).tolist(),
-                   category_post_return=np.asarray(m.post_return).tolist(), classified=classified)
-        _emit(row, history, log, progress)
-    categories = {"pool": np.asarray(pool).tolist(), "pool_categories": np.asarray(pool_categories).tolist(),
-                  "classifications": classifications}
-    return state, {"categories": categories}
+def _save(out: str, config: TrainConfig, state: RunState, history: list[dict]) -> None:
+    """The final outputs of one seed (atomic writes)."""
+    if config.algo == "maml2":
+        files.write_bytes(os.path.join(out, "category_params.msgpack"), serialization.to_bytes(state.category_params))
+        categories = {"pool": np.asarray(state.source.pool).tolist(),
+                      "pool_categories": np.asarray(state.source.truth).tolist(),
+                      "classifications": [{"iteration": row["iteration"], "labels": row["labels"]}
+                                          for row in history if row.get("classified")]}
+        files.write_json(os.path.join(out, "categories.json"), categories)
+    files.write_bytes(os.path.join(out, "params.msgpack"), serialization.to_bytes(state.theta))
 
 
-def _emit(row, history, log, progress):
-    history.append(row)
-    if log is not None:
-        log.write(json.dumps(row) + "\n")
-        log.flush()
-    if progress is not None:
-        progress(row)
-
-
-def _save(out: str, config: TrainConfig, params, extra: dict) -> None:
-    if isinstance(params, deep_maml2.DeepMAML2State):
-        with open(os.path.join(out, "category_params.msgpack"), "wb") as f:
-            f.write(serialization.to_bytes(params.category_params))
-        with open(os.path.join(out, "categories.json"), "w") as f:
-            json.dump(extra["categories"], f)
-        params = params.theta
-    with open(os.path.join(out, "params.msgpack"), "wb") as f:
-        f.write(serialization.to_bytes(params))
-    with open(os.path.join(out, "config.json"), "w") as f:
-        json.dump(dataclasses.asdict(config), f, indent=1)
+def load_config(out: str) -> TrainConfig:
+    """The whole run's config saved in ``out`` (``run_config.json`` with several seeds)."""
+    for name in ("run_config.json", "config.json"):
+        path = os.path.join(out, name)
+        if os.path.isfile(path):
+            try:
+                with open(path) as f:
+                    data = json.load(f)
+            except (OSError, json.JSONDecodeError) as error:
+                raise ConfigError(f"{path} cannot be read ({error})") from None
+            if not isinstance(data, dict):
+                raise ConfigError(f"{path} does not describe a training run")
+            return TrainConfig.from_dict(data)
+    raise ConfigError(f"{out} is not a training run (no config.json)")
 
 
 def load_run(path: str):
     """Reads a ``train`` output directory: ``(config, parts, theta, category_params | None)``."""
-    config_path = os.path.join(path, "config.json")
-    if not os.path.isfile(config_path):
+    if not os.path.isfile(os.path.join(path, "config.json")):
         raise ConfigError(f"{path} is not a training run (no config.json)")
-    with open(config_path) as f:
-        config = TrainConfig.from_dict(json.load(f))
+    config = load_config(path)
     parts = Parts(config)
     template = parts.policy.init(jax.random.key(0))
-    with open(os.path.join(path, "params.msgpack"), "rb") as f:
-        theta = jax.tree.map(jnp.asarray, serialization.from_bytes(template, f.read()))
+    theta = _read_msgpack(os.path.join(path, "params.msgpack"), template)
     category_params = None
     if config.algo == "maml2":
-        stacked = deep_maml2.init_state(template, config.maml2.num_categories).category_params
-        with open(os.path.join(path, "category_params.msgpack"), "rb") as f:
-            category_params = jax.tree.map(jnp.asarray, serialization.from_bytes(stacked, f.read()))
+        stacked = jax.tree.map(lambda x: jnp.broadcast_to(x, (config.meta.categories,) + x.shape), template)
+        category_params = _read_msgpack(os.path.join(path, "category_params.msgpack"), stacked)
     return config, parts, theta, category_params
+
+
+def _read_msgpack(path: str, template):
+    if not os.path.isfile(path):
+        raise ConfigError(f"{path} is missing: the run did not finish (resume it with maml2 train --resume)")
+    try:
+        with open(path, "rb") as f:
+            restored = serialization.from_bytes(template, f.read())
+    except Exception as error:  # msgpack and flax raise several types for damaged bytes
+        raise ConfigError(f"{path} cannot be read ({type(error).__name__})") from None
+    for got, want in zip(jax.tree.leaves(restored), jax.tree.leaves(template)):
+        if np.shape(got) != np.shape(want):
+            raise ConfigError(f"{path} does not match the run's config")
+    return jax.tree.map(jnp.asarray, restored)

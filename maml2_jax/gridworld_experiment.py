@@ -26,7 +26,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from maml2_jax import adaptation, clustering, maml2, sharding
+from maml2_jax import adaptation, lane_maml2, sharding
+from maml2_jax.core import classification
+from maml2_jax.core.config import MetaConfig
 from maml2_jax.envs.gridworld import PUBLISHED_GOALS, PUBLISHED_GROUPS, GridWorld
 from maml2_jax.errors import ConfigError, check_positive_int
 from maml2_jax.learners.sarsa import SarsaConfig, make_sarsa
@@ -99,11 +101,17 @@ class GridworldConfig:
                     if not 0 <= t < num_tasks:
                         raise ConfigError(f"group names task {t}, but the tasks are 0..{num_tasks - 1}")
 
-    def schedule(self) -> maml2.Schedule:
-        return maml2.Schedule(
+    def schedule(self) -> lane_maml2.Schedule:
+        return lane_maml2.Schedule(
             self.outer_iterations, self.inner_iterations, self.adapt_episodes, self.beta, self.stop_tolerance,
             self.outer_update,
         )
+
+    def meta_config(self) -> MetaConfig:
+        """The schedule in the vocabulary shared with the deep track."""
+        return MetaConfig(categories=self.categories, outer_iterations=self.outer_iterations,
+                          inner_iterations=self.inner_iterations, outer_update=self.outer_update,
+                          classify_from="init", stop_tolerance=self.stop_tolerance)
 
     def report_groups(self) -> tuple[tuple[int, ...], ...]:
         if self.groups is not None:
@@ -182,13 +190,13 @@ def build(config: GridworldConfig, mesh: jax.sharding.Mesh | None = None):
         tasks = lanes_of(goals, runs)
         common = dict(adapt_episodes=config.adapt_episodes, beta=config.beta, stop_tolerance=config.stop_tolerance)
         if config.outer_update == "parallel":
-            theta, category_params = maml2.meta_train(learner, schedule, theta0, members, tasks, k_maml2)
-            theta_maml = maml2.maml(learner, config.maml_iterations, theta0, tasks, k_maml, **common)
+            theta, category_params = lane_maml2.meta_train(learner, schedule, theta0, members, tasks, k_maml2)
+            theta_maml = lane_maml2.maml(learner, config.maml_iterations, theta0, tasks, k_maml, **common)
             return theta, category_params, theta_maml, jnp.full((runs, 2), -1, jnp.int32)
         # Sequential MAML² and MAML are both sequential schedules: one loop runs the
         # 2R lanes side by side, as long as the slower of the two instead of both.
         maml_members = jnp.zeros_like(members).at[:, 0].set(True)
-        state = maml2.run_schedules(
+        state = lane_maml2.run_schedules(
             learner,
             jnp.concatenate([theta0, theta0]),
             jnp.concatenate([members, maml_members]),
@@ -214,7 +222,7 @@ def build(config: GridworldConfig, mesh: jax.sharding.Mesh | None = None):
         lane_keys = jnp.tile(_per_task_keys(keys, num_tasks).reshape(-1), num_methods)
         lane_goals = jnp.tile(goals, num_methods * runs)
         reset = jnp.repeat(jnp.arange(num_methods) == METHODS.index("maml2"), runs * num_tasks)
-        agents, chosen = maml2.readapt(
+        agents, chosen = lane_maml2.readapt(
             learner, lanes(starts), lane_cats, lane_goals, lane_keys, config.test_episodes, reset, config.reset_after
         )
         steps = jax.vmap(learner.performance)(agents).reshape(num_methods, runs, num_tasks, -1)
@@ -234,7 +242,7 @@ def categorize(features, keys, categories: int) -> np.ndarray:
     Run r's k-means seed is drawn from ``keys[r]``.
     """
     seeds = np.asarray(jax.vmap(lambda k: jax.random.randint(k, (), 0, 2**31 - 1))(keys))
-    return np.stack([clustering.kmeans_labels(f, categories, int(s)) for f, s in zip(np.asarray(features), seeds)])
+    return np.stack([classification.kmeans_labels(f, categories, int(s)) for f, s in zip(np.asarray(features), seeds)])
 
 
 def run(config: GridworldConfig, progress: Callable[[str], None] | None = None,
@@ -266,7 +274,7 @@ def run(config: GridworldConfig, progress: Callable[[str], None] | None = None,
     say("k-means")
     t0 = time.perf_counter()
     labels = categorize(features, keys[:, 1], config.categories)
-    members = clustering.membership(labels, config.categories)
+    members = classification.membership(labels, config.categories)
     phases["k-means"] = time.perf_counter() - t0
     theta, category_params, theta_maml, train_steps = timed(
         "train", train, jnp.asarray(members), keys[:, 2], keys[:, 3]

@@ -24,8 +24,10 @@ from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
 
 from maml2_jax import returns, rollout
+from maml2_jax.core.types import Learner
 from maml2_jax.errors import ConfigError, check_positive_int
 from maml2_jax.networks import GaussianPolicy
 
@@ -124,3 +126,36 @@ def make_policy_gradient_adapter(family, policy: GaussianPolicy,
         return jax.lax.scan(inner, params, jnp.arange(config.inner_steps))
 
     return PolicyGradientAdapter(sample, loss, step, adapt)
+
+
+FEATURES = ("update", "adapted")
+
+
+def make_policy_gradient_learner(family, policy: GaussianPolicy, config: PolicyGradientConfig = PolicyGradientConfig(),
+                                 feature: str = "update") -> Learner:
+    """The policy-gradient learner behind the core's :class:`~maml2_jax.core.types.Learner`.
+
+    ``adapt`` is K inner steps (stats: the mean per-episode return of each step's
+    batch, ``[K]``), ``score`` those returns, ``feature`` the flattened update
+    θ_T − θ (``"update"``) or θ_T (``"adapted"``), and ``meta_loss`` the inner
+    surrogate :math:`L_{in}` of the adapted policy on a fresh batch sampled with it —
+    differentiable through the K steps (MAML's objective for a gradient rule).
+    """
+    if feature not in FEATURES:
+        raise ConfigError(f"feature must be one of {', '.join(FEATURES)}, got {feature!r}")
+    adapter = make_policy_gradient_adapter(family, policy, config)
+
+    def features(params, adapted, stats):
+        del stats
+        flat = ravel_pytree(adapted)[0]
+        return flat if feature == "adapted" else flat - ravel_pytree(params)[0]
+
+    def meta_loss(params, task, key):
+        k_inner, k_outer = jax.random.split(key)
+        adapted, inner_returns = adapter.adapt(params, task, k_inner)
+        batch = adapter.sample(adapted, task, k_outer)
+        post_return = jnp.mean(jnp.sum(batch.trajectories.rewards, axis=-1))
+        return adapter.loss(adapted, batch), {"pre_return": inner_returns[0], "post_return": post_return}
+
+    return Learner(init=policy.init, adapt=adapter.adapt, feature=features, score=lambda returns: returns,
+                   meta_loss=meta_loss)

@@ -1,7 +1,7 @@
-"""Task classification: k-means on the learner's features, host side.
+"""Classification: features → k-means (host side) → matching to the old categories → membership.
 
-The one impure stage of MAML²: NumPy features in, integer labels out, scikit-learn in
-between. It runs between compiled segments, never inside one.
+The one impure stage of MAML²: NumPy features in, integer labels out, scikit-learn
+and scipy in between. It runs between compiled segments, never inside one.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+from scipy.optimize import linear_sum_assignment
 from sklearn.cluster import KMeans
 from sklearn.exceptions import ConvergenceWarning
 
@@ -66,3 +67,30 @@ def membership(labels: np.ndarray, num_categories: int) -> np.ndarray:
     Leading axes (runs) pass through, so a batch of runs needs no loop.
     """
     return np.arange(num_categories)[:, None] == np.asarray(labels)[..., None, :]
+
+
+def match_to_previous(centroids: np.ndarray, previous: np.ndarray) -> np.ndarray:
+    """``perm [N]``: new cluster k becomes category ``perm[k]``, the assignment that
+    minimises the summed distance between matched centroids (Hungarian method)."""
+    cost = np.linalg.norm(centroids[:, None, :] - previous[None, :, :], axis=-1)
+    rows, cols = linear_sum_assignment(cost)
+    perm = np.empty(len(rows), np.int64)
+    perm[rows] = cols
+    return perm
+
+
+def classify(features: np.ndarray, num_categories: int, seed: int,
+             previous_centroids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Labels ``[T]`` and centroids ``[N, F]`` of the tasks' features.
+
+    With ``previous_centroids`` the new clusters are renumbered to match them, so
+    category c keeps "its" tasks, and its meta-learned θ_c, across re-classification.
+    """
+    features = np.asarray(features, np.float64)
+    labels = kmeans_labels(features, num_categories, seed)
+    centroids = np.stack([features[labels == c].mean(axis=0) for c in range(num_categories)])
+    if previous_centroids is not None:
+        perm = match_to_previous(centroids, np.asarray(previous_centroids, np.float64))
+        labels = perm[labels].astype(np.int32)
+        centroids = centroids[np.argsort(perm)]
+    return labels, centroids

@@ -17,8 +17,9 @@ For a meta-batch of tasks :math:`T_i` drawn from the family:
    :math:`θ_{old}`, so only the line search's KL check depends on it).
    Both means are :func:`maml2_jax.returns.episode_mean` over the episodes' steps.
 
-The whole iteration (sampling, adaptation, CG, line search) is one pure function of
-``(params, key)``; ``jax.jit`` it once and call it every iteration.
+The whole update (sampling, adaptation, CG, line search) is one pure function of
+``(params, tasks, key)``; MAML is the engine of :mod:`maml2_jax.core.train` with one
+category and fresh tasks at every step, MAML² vmaps it over categories.
 
 **Curvature on a subsample** (``curvature_fraction`` < 1, off by default): the
 curvature products of CG, which dominate the cost, use only the first
@@ -37,6 +38,7 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 
 from maml2_jax import sharding, trpo
+from maml2_jax.core.types import MetaRule
 from maml2_jax.errors import ConfigError, check_positive_int
 from maml2_jax.learners.policy_gradient import Batch, PolicyGradientAdapter
 from maml2_jax.networks import GaussianPolicy, gaussian_kl, gaussian_log_prob
@@ -134,16 +136,23 @@ def make_maml_trpo_update(policy: GaussianPolicy, adapter: PolicyGradientAdapter
     return update
 
 
-def make_maml_trpo_iteration(family, policy: GaussianPolicy, adapter: PolicyGradientAdapter, inner_steps: int,
-                             num_tasks: int, config: trpo.TRPOConfig = trpo.TRPOConfig(),
-                             curvature_fraction: float = 1.0, mesh: Mesh | None = None) -> Callable:
-    """Returns ``iteration(params, key) -> (params, IterationMetrics)`` (pure; jit it):
-    ``num_tasks`` fresh tasks from ``family``, then :func:`make_maml_trpo_update`."""
+def maml_trpo(policy: GaussianPolicy, adapter: PolicyGradientAdapter, inner_steps: int, num_tasks: int,
+              config: trpo.TRPOConfig = trpo.TRPOConfig(), curvature_fraction: float = 1.0,
+              mesh: Mesh | None = None) -> MetaRule:
+    """MAML-TRPO as a :class:`~maml2_jax.core.types.MetaRule` (no rule state).
+
+    Metrics: ``pre_return``, ``post_return``, ``kl``, ``step_fraction``.
+    """
     update = make_maml_trpo_update(policy, adapter, inner_steps, num_tasks, config, curvature_fraction, mesh)
 
-    def iteration(params, key):
-        k_tasks, k_update = jax.random.split(key)
-        tasks, _ = family.sample_tasks(k_tasks, num_tasks)
-        return update(params, tasks, k_update)
+    def init(params):
+        del params
+        return ()
 
-    return iteration
+    def rule_update(params, state, tasks, key, category_size):
+        del category_size
+        params, m = update(params, tasks, key)
+        return params, state, {"pre_return": m.pre_return, "post_return": m.post_return, "kl": m.trpo.kl,
+                               "step_fraction": m.trpo.step_fraction}
+
+    return MetaRule(init, rule_update)

@@ -1,41 +1,24 @@
-r"""The generic MAML² core: category meta-learning, the outer loop, re-adaptation.
+r"""The grid world's fast path: MAML² meta-training fused into one lane machine.
 
-Knows nothing of grids or Q-tables: only a :class:`~maml2_jax.learner.Learner`,
-parameter pytrees and tasks as arrays.
+The engine (:mod:`maml2_jax.core.train`) runs one compiled step per outer iteration,
+each adaptation a loop of its own. For a tick-machine learner (tabular SARSA, whose
+adaptations are episodes of very different lengths) that makes every loop wait for
+its slowest lane. This module runs the *same schedule* — the sequential and parallel
+outer updates, CatMeta's Reptile steps with early stop, the same keys — as a single
+``while_loop`` over all runs, where a run whose adaptation just finished takes its
+meta-step in the same loop iteration: the whole meta-training of all runs is as long
+as the slowest run, not a nest of loops each as long as its slowest lane.
+``tests/test_fast_path.py`` checks that it gives the engine's parameters and steps.
 
-**Double meta-learning** (DESIGN §1.1), for categories :math:`C_1..C_N`:
-
-.. code-block:: text
-
-   θ ← θ_init
-   repeat K_out times:
-     for c = 1..N (in order):                       # "sequential" mode
-       θ_c ← θ
-       repeat K_in times (stop early when ‖step‖ < tol):
-         T ~ U(C_c);  θ' ← Adapt(θ_c, T, E)
-         θ_c ← θ_c + (β/|C_c|)(θ' − θ_c)             # CatMeta: a Reptile step
-       θ ← θ + (1/N)(θ_c − θ)
-
-"parallel" mode starts every θ_c of an outer iteration from the same θ and then moves
-θ ← (1/N) Σ_c θ_c. MAML is the same loop with one category holding every task
-(:func:`maml`).
-
-The sequential loop is one lane-batched state machine (:class:`MetaState`): every run
-advances its current adaptation one tick at a time, and a run whose adaptation just
-finished takes its meta-step in the same loop iteration. The whole meta-training of
-all runs is therefore a single ``while_loop`` as long as the *slowest run*, not a
-nest of loops each as long as its slowest lane.
+The pieces of the method are the core's (:func:`~maml2_jax.core.outer_update.interpolate`,
+:func:`~maml2_jax.core.outer_update.mean_over_categories`,
+:func:`~maml2_jax.rules.reptile.reptile_step`, :func:`~maml2_jax.core.readaptation.reset`);
+only the scheduling is this module's.
 
 Keys: adaptation ``i`` of category ``c`` in outer iteration ``k`` uses
-``fold_in(key, (k·N + c)·K_in + i)`` in both modes; that one counter makes N = 1 with
-(K_out, K_in) identical to MAML with K_out·K_in iterations.
-
-**Re-adaptation** on a new task: θ₁ = Adapt(θ, T, 1), then the *update tendency*
-
-.. math:: c^* = \arg\min_c \; ‖θ_1 − θ_c‖ − ‖θ − θ_c‖,
-
-reset the parameters to θ_{c*} and go on adapting with the same agent (its exploration
-schedule continues).
+``fold_in(key, (k·N + c)·K_in + i)``, split into (task draw, agent) as in
+:mod:`maml2_jax.core.category_meta`. MAML is one category holding every task
+(:func:`maml`).
 """
 
 from __future__ import annotations
@@ -48,11 +31,15 @@ import jax
 import jax.numpy as jnp
 
 from maml2_jax import adaptation
-from maml2_jax import meta_updates
+from maml2_jax.core.outer_update import OUTER_UPDATES as OUTER_MODES
+from maml2_jax.core.outer_update import interpolate, mean_over_categories
+from maml2_jax.core import readaptation
+from maml2_jax.core.types import take as _take
+from maml2_jax.core.types import tree_norm
+from maml2_jax.rules.reptile import reptile_step
 from maml2_jax.errors import ConfigError, check_positive_int
 from maml2_jax.learner import Agent, Learner, Params, Task
 
-OUTER_MODES = ("sequential", "parallel")
 # Learner ticks per iteration of the meta-training loop (2 measured ~10% faster than
 # 1 on a 2-core CPU; 3 and 4 were no better).
 TICKS_PER_ITERATION = 2
@@ -131,19 +118,6 @@ def adaptation_key(key: jax.Array, counter: jax.Array) -> tuple[jax.Array, jax.A
     return k_task, k_agent
 
 
-def _take(tree, index):
-    return jax.tree.map(lambda x: x[index], tree)
-
-
-def _select(pred, on_true, on_false):
-    """Per-lane ``where`` over two lane-batched pytrees."""
-
-    def pick(a, b):
-        return jnp.where(pred.reshape(pred.shape + (1,) * (a.ndim - 1)), a, b)
-
-    return jax.tree.map(pick, on_true, on_false)
-
-
 def _start_adaptation(learner: Learner, state: MetaState, members, tasks) -> MetaState:
     """Draws a task of the current category and starts ``Adapt(θ_c, T, ·)`` (one lane)."""
     counter = state.key_offset + (state.outer * state.num_categories + state.category) * state.inner_iterations
@@ -156,14 +130,15 @@ def _start_adaptation(learner: Learner, state: MetaState, members, tasks) -> Met
 def _on_adapted(learner: Learner, beta: float, stop_tolerance: float, state: MetaState, members, tasks) -> MetaState:
     """The meta-step after an adaptation finished, then the next adaptation (one lane)."""
     size = jnp.sum(members[state.category]).astype(jnp.float32)
-    theta_c, step_norm = meta_updates.reptile_step(state.theta_c, learner.params(state.agent), beta / size)
+    theta_c = reptile_step(state.theta_c, learner.params(state.agent), beta / size)
+    step_norm = tree_norm(jax.tree.map(jnp.subtract, theta_c, state.theta_c))
     inner = state.inner + 1
     category_done = (inner >= state.inner_iterations) | (step_norm < stop_tolerance)
 
     def if_done(new, old):
         return jax.tree.map(lambda a, b: jnp.where(category_done, a, b), new, old)
 
-    theta = if_done(meta_updates.interpolate(state.theta, theta_c, 1.0 / state.num_categories), state.theta)
+    theta = if_done(interpolate(state.theta, theta_c, 1.0 / state.num_categories), state.theta)
     category_params = jax.tree.map(
         lambda stack, new: stack.at[state.category].set(jnp.where(category_done, new, stack[state.category])),
         state.category_params,
@@ -298,7 +273,7 @@ def meta_train(learner: Learner, schedule: Schedule, theta, members, tasks, keys
             schedule.inner_iterations, key_offset=offset, **common,
         )
         category_params = jax.tree.map(lambda x: x.reshape((runs, num_categories) + x.shape[1:]), state.theta)
-        return jax.vmap(meta_updates.mean_over_categories)(category_params), category_params
+        return jax.vmap(mean_over_categories)(category_params), category_params
 
     stack = jax.tree.map(lambda x: jnp.repeat(x[:, None], num_categories, axis=1), theta)
     return jax.lax.fori_loop(0, schedule.outer_iterations, outer_step, (theta, stack))
@@ -320,18 +295,6 @@ def maml(learner: Learner, iterations: int, theta, tasks, keys, adapt_episodes: 
     return state.theta
 
 
-def update_tendency(theta, theta_1, category_params) -> jax.Array:
-    """``argmin_c ‖θ₁ − θ_c‖ − ‖θ − θ_c‖``: the category the first update moved towards.
-
-    Single lane: ``category_params`` is ``[N, ...]``.
-    """
-
-    def distance(a, b):
-        return jax.vmap(lambda c: meta_updates.tree_norm(jax.tree.map(jnp.subtract, a, c)))(b)
-
-    return jnp.argmin(distance(theta_1, category_params) - distance(theta, category_params)).astype(jnp.int32)
-
-
 def readapt(learner: Learner, theta, category_params, tasks, keys, episodes: int, reset, reset_after: int = 1):
     """Adapts every lane for ``episodes`` episodes, resetting by update tendency.
 
@@ -348,7 +311,6 @@ def readapt(learner: Learner, theta, category_params, tasks, keys, episodes: int
       ``(agents [L], chosen [L] int32)``: the finished agents and c* of each lane.
     """
     agents = adaptation.adapt(learner, theta, tasks, keys, reset_after)
-    chosen = jax.vmap(update_tendency)(theta, jax.vmap(learner.params)(agents), category_params)
-    reset_params = jax.vmap(_take)(category_params, chosen)
-    agents = _select(reset, jax.vmap(learner.with_params)(agents, reset_params), agents)
+    params, chosen = jax.vmap(readaptation.reset)(theta, jax.vmap(learner.params)(agents), category_params, reset)
+    agents = jax.vmap(learner.with_params)(agents, params)
     return adaptation.run_episodes(learner, agents, tasks, episodes), chosen

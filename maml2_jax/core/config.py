@@ -1,0 +1,68 @@
+"""The one vocabulary of MAML²'s schedule, shared by every track (grid world, deep, examples)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from maml2_jax.core.outer_update import CATEGORY_INITS, OUTER_UPDATES
+from maml2_jax.errors import ConfigError, check_positive_int
+
+CLASSIFY_FROM = ("theta", "init")
+
+
+def _field(default, help_text: str, flag: str | None = None, choices=None):
+    """A dataclass field with the help text (and CLI flag) derived from it."""
+    return dataclasses.field(default=default, metadata={"help": help_text, "flag": flag, "choices": choices})
+
+
+@dataclasses.dataclass(frozen=True)
+class MetaConfig:
+    """How MAML² classifies and meta-trains (defaults: the published tabular rule).
+
+    Attributes:
+      categories: N, task categories (k-means clusters). N = 1 is MAML.
+      outer_iterations: K_out, outer iterations (global moves of θ).
+      inner_iterations: K_in, meta-update steps of each category per outer iteration.
+      tasks_per_category: B, tasks of each category step (drawn with replacement).
+      outer_update: "sequential" (published: each category starts from the θ moved by
+        the previous ones) or "parallel" (all from the same θ, vmapped, then the mean).
+      category_init: "global" (θ_c ← θ at every outer iteration, published) or
+        "persistent" (θ_c carries on from its previous value).
+      classify_every: R, outer iterations between classifications; 0 classifies once,
+        before the first iteration.
+      classify_from: start of the adaptations that give the features: "theta" (the
+        current θ) or "init" (a fresh θ_init: learning each task from scratch, as
+        published).
+      stop_tolerance: a category stops early once a step moves θ_c less than this
+        (0: never).
+    """
+
+    categories: int = _field(3, "N, task categories (k-means clusters); 1 is MAML")
+    outer_iterations: int = _field(20, "K_out, outer iterations")
+    inner_iterations: int = _field(10, "K_in, meta-update steps of each category per outer iteration")
+    tasks_per_category: int = _field(1, "B, tasks of each category step")
+    outer_update: str = _field("sequential", "sequential: each category starts from the θ moved by the previous "
+                               "ones (published); parallel: all from the same θ, then the mean",
+                               choices=OUTER_UPDATES)
+    category_init: str = _field("global", "global: θ_c ← θ every outer iteration (published); persistent: θ_c "
+                                "carries on", choices=CATEGORY_INITS)
+    classify_every: int = _field(0, "R, outer iterations between classifications (0: once, at the start)")
+    classify_from: str = _field("theta", "adapt from θ (theta) or from a fresh θ_init (init) for the features",
+                                choices=CLASSIFY_FROM)
+    stop_tolerance: float = _field(0.0, "a category stops once a step moves θ_c less than this (0: never)")
+
+    def __post_init__(self):
+        for name in ("categories", "outer_iterations", "inner_iterations", "tasks_per_category"):
+            check_positive_int(name.replace("_", " "), getattr(self, name))
+        if isinstance(self.classify_every, bool) or not isinstance(self.classify_every, int) \
+                or self.classify_every < 0:
+            raise ConfigError(f"classify every must be a non-negative integer, got {self.classify_every!r}")
+        if self.outer_update not in OUTER_UPDATES:
+            raise ConfigError(f"outer update must be one of {', '.join(OUTER_UPDATES)}, got {self.outer_update!r}")
+        if self.category_init not in CATEGORY_INITS:
+            raise ConfigError(f"category init must be one of {', '.join(CATEGORY_INITS)}, "
+                              f"got {self.category_init!r}")
+        if self.classify_from not in CLASSIFY_FROM:
+            raise ConfigError(f"classify from must be one of {', '.join(CLASSIFY_FROM)}, got {self.classify_from!r}")
+        if not self.stop_tolerance >= 0:  # also refuses NaN
+            raise ConfigError(f"stop tolerance must be non-negative, got {self.stop_tolerance}")

@@ -1,0 +1,63 @@
+r"""Re-adaptation on a new task: update tendency, reset, continue.
+
+Adapt once from θ to θ₁, then read the *update tendency* — the category the first
+update moved towards most (Fu et al. 2023, Sec. 3.3):
+
+.. math:: c^* = \arg\min_c \; ‖θ_1 − θ_c‖ − ‖θ − θ_c‖,
+
+reset the working parameters to :math:`θ_{c^*}` and keep adapting. The ablation
+"no reset" keeps adapting from θ₁.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from maml2_jax.core.types import Learner, take, tree_norm
+
+
+def update_tendency(theta, theta_1, category_params) -> jax.Array:
+    """``argmin_c ‖θ₁ − θ_c‖ − ‖θ − θ_c‖`` (int32); ``category_params`` is ``[N, ...]``."""
+
+    def distance(a, b):
+        return jax.vmap(lambda c: tree_norm(jax.tree.map(jnp.subtract, a, c)))(b)
+
+    return jnp.argmin(distance(theta_1, category_params) - distance(theta, category_params)).astype(jnp.int32)
+
+
+def reset(theta, theta_1, category_params, enabled=True):
+    """``(params to continue from, c*)``: θ_{c*} when ``enabled`` (a bool, may be traced), else θ₁."""
+    chosen = update_tendency(theta, theta_1, category_params)
+    reset_params = take(category_params, chosen)
+    params = jax.tree.map(lambda r, t: jnp.where(enabled, r, t), reset_params, theta_1)
+    return params, chosen
+
+
+def adaptation_curve(learner: Learner, rounds: int, params, task, key, category_params=None,
+                     reset_enabled: bool = True):
+    """Scores of ``rounds + 1`` adaptation rounds on one task, with the update-tendency reset.
+
+    ``learner.adapt`` is one round (one policy-gradient step, one episode); round k
+    uses ``fold_in(key, k)``. Round 0 adapts θ to θ₁; with ``category_params``
+    ``[N, ...]`` and ``reset_enabled`` the parameters then become θ_{c*}, otherwise
+    they stay θ₁; rounds 1..``rounds`` adapt on. Entry k of the curve is
+    ``learner.score`` of round k (for a policy-gradient learner: the return of the
+    batch sampled before that round's update).
+
+    Returns:
+      ``(scores [rounds + 1], c*)``, c* = −1 without categories.
+    """
+    theta_1, stats = learner.adapt(params, task, jax.random.fold_in(key, 0))
+    first = jnp.mean(learner.score(stats))
+    chosen = jnp.int32(-1)
+    current = theta_1
+    if category_params is not None:
+        current, chosen = reset(params, theta_1, category_params, reset_enabled)
+
+    def body(p, k):
+        p, stats = learner.adapt(p, task, jax.random.fold_in(key, k))
+        return p, jnp.mean(learner.score(stats))
+
+    _, later = jax.lax.scan(body, current, jnp.arange(1, rounds + 1))
+    return jnp.concatenate([first[None], later]), chosen

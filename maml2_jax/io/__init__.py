@@ -1,0 +1,1 @@
+"""Input and output between compiled segments: checkpoints, atomic files, metrics."""

@@ -1,0 +1,48 @@
+r"""The Reptile step of the published tabular MAML² (Fu et al. 2023, CatMeta):
+
+.. math:: θ_c \leftarrow θ_c + \frac{β}{|C|}\Big(\frac1B\sum_b θ'_b - θ_c\Big),
+   \qquad θ'_b = \mathrm{Adapt}(θ_c, T_b),
+
+first order: only the learner's ``adapt`` is needed. A one-task category
+(|C| = 1, β = 1) copies the adapted parameters.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from maml2_jax.core.types import Learner, MetaRule
+
+
+def reptile_step(theta_c, adapted, step_size):
+    """``θ_c + step_size·(θ' − θ_c)``."""
+    update = jax.tree.map(lambda a, t: step_size * (a - t), adapted, theta_c)
+    return jax.tree.map(jnp.add, theta_c, update)
+
+
+def reptile(learner: Learner, beta: float = 1.0) -> MetaRule:
+    """The rule; metrics: ``score``, the mean of the learner's scores over the adaptations.
+
+    Keys: a batch of one task adapts with the step's key itself; task b of a larger
+    batch with ``split(key, B)[b]``.
+    """
+    if not beta > 0:
+        raise ValueError(f"beta must be positive, got {beta}")
+
+    def init(params):
+        del params
+        return ()
+
+    def update(params, state, tasks, key, category_size):
+        count = jax.tree.leaves(tasks)[0].shape[0]
+        if count == 1:
+            adapted, stats = learner.adapt(params, jax.tree.map(lambda x: x[0], tasks), key)
+            score = jnp.mean(learner.score(stats))
+        else:
+            adapted, stats = jax.vmap(learner.adapt, in_axes=(None, 0, 0))(params, tasks, jax.random.split(key, count))
+            adapted = jax.tree.map(lambda x: jnp.mean(x, axis=0), adapted)
+            score = jnp.mean(jax.vmap(learner.score)(stats))
+        return reptile_step(params, adapted, beta / category_size), state, {"score": score}
+
+    return MetaRule(init, update)
