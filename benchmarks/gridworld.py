@@ -29,7 +29,8 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import common  # noqa: E402  (beside this file)
-from maml2_jax import clustering, gridworld_experiment  # noqa: E402
+from maml2_jax import gridworld_experiment  # noqa: E402
+from maml2_jax.core import classification  # noqa: E402
 from maml2_jax.gridworld_experiment import GridworldConfig  # noqa: E402
 
 
@@ -50,7 +51,7 @@ def main():
 
     def kmeans(features):
         labels = gridworld_experiment.categorize(features, keys[:, 1], config.categories)
-        return jnp.asarray(clustering.membership(labels, config.categories))
+        return jnp.asarray(classification.membership(labels, config.categories))
 
     # Compile every stage ahead of time, on the real shapes.
     compile_seconds = {}

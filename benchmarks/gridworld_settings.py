@@ -28,7 +28,8 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import common  # noqa: E402  (beside this file)
-from maml2_jax import clustering, evaluation, gridworld_experiment, maml2  # noqa: E402
+from maml2_jax import evaluation, gridworld_experiment, lane_maml2  # noqa: E402
+from maml2_jax.core import classification  # noqa: E402
 from maml2_jax.errors import ConfigError  # noqa: E402
 from maml2_jax.gridworld_experiment import GridworldConfig, GridworldResult  # noqa: E402
 from maml2_jax.learners.sarsa import make_sarsa  # noqa: E402
@@ -61,12 +62,12 @@ def sweep_seed(seed: int, settings, runs: int) -> list[dict]:
     keys = gridworld_experiment.run_keys(seed, runs)
     features, _ = classify(keys[:, 0])
     labels = gridworld_experiment.categorize(np.asarray(features), keys[:, 1], base.categories)
-    members = jnp.asarray(clustering.membership(labels, base.categories))
+    members = jnp.asarray(classification.membership(labels, base.categories))
 
     learner = make_sarsa(base.world, base.sarsa, log_episodes=base.test_episodes, track_visits=False)
     theta0 = jnp.broadcast_to(learner.init_params(), (runs,) + learner.init_params().shape)
     tasks = jnp.broadcast_to(jnp.asarray(base.world.task_array()), (runs, base.world.num_tasks))
-    theta_maml = jax.jit(lambda t, g, k: maml2.maml(learner, base.maml_iterations, t, g, k))(
+    theta_maml = jax.jit(lambda t, g, k: lane_maml2.maml(learner, base.maml_iterations, t, g, k))(
         theta0, tasks, keys[:, 3]
     )
 
@@ -74,7 +75,7 @@ def sweep_seed(seed: int, settings, runs: int) -> list[dict]:
     for mode, outer, inner in settings:
         config = dataclasses.replace(base, outer_update=mode, outer_iterations=outer, inner_iterations=inner)
         t0 = time.perf_counter()
-        train = jax.jit(lambda t, m, g, k: maml2.meta_train(learner, config.schedule(), t, m, g, k))
+        train = jax.jit(lambda t, m, g, k: lane_maml2.meta_train(learner, config.schedule(), t, m, g, k))
         theta, category_params = train(theta0, members, tasks, keys[:, 2])
         steps, chosen, _ = jax.block_until_ready(test(theta, category_params, theta_maml, keys[:, 4]))
         result = GridworldResult(config, np.swapaxes(np.asarray(steps), 0, 1), labels, np.asarray(chosen),

@@ -28,15 +28,12 @@ from maml2_jax import sharding
 sharding.use_host_cores()  # before JAX starts: one CPU device per core, as the CLI does
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import common  # noqa: E402  (beside this file)
-from maml2_jax import clustering, deep_maml2, trpo  # noqa: E402
-from maml2_jax.envs import nav2d  # noqa: E402
-from maml2_jax.learners.policy_gradient import PolicyGradientConfig, make_policy_gradient_adapter  # noqa: E402
-from maml2_jax.maml_trpo import make_maml_trpo_iteration, make_maml_trpo_update  # noqa: E402
-from maml2_jax.networks import make_gaussian_policy  # noqa: E402
+from maml2_jax import trpo  # noqa: E402
+from maml2_jax.core import train as engine_lib  # noqa: E402
+from maml2_jax.deep_training import Parts, TrainConfig  # noqa: E402
 
 
 def _time(step, carry, count):
@@ -49,32 +46,34 @@ def _time(step, carry, count):
     return seconds
 
 
-def _maml(family, policy, adapter, params, key, count, cg, fraction, mesh):
-    iteration = jax.jit(make_maml_trpo_iteration(family, policy, adapter, 1, 20, trpo.TRPOConfig(cg_iterations=cg),
-                                                 curvature_fraction=fraction, mesh=mesh))
+def _compiled_step(parts, state):
+    """``parts.engine.step`` compiled ahead of time on ``state``, and the seconds it took."""
     t0 = time.perf_counter()
-    compiled = iteration.lower(params, key).compile()
-    compile_seconds = time.perf_counter() - t0
-    seconds = _time(lambda p, i: compiled(p, jax.random.fold_in(key, i))[0], params, count)
+    compiled = parts.engine.step.lower(state).compile()
+    return compiled, time.perf_counter() - t0
+
+
+def _maml(seed, count, cg, fraction, mesh):
+    # MAML is the engine with one category and fresh tasks (the meta-batch of 20).
+    config = TrainConfig(env="nav2d", meta_batch_size=20, trpo=trpo.TRPOConfig(cg_iterations=cg),
+                         curvature_fraction=fraction)
+    parts = Parts(config, mesh)
+    state = parts.init(seed)
+    compiled, compile_seconds = _compiled_step(parts, state)
+    seconds = _time(lambda s, i: compiled(s)[0], state, count)
     return {"compile_seconds": compile_seconds, "median_seconds": statistics.median(seconds), "all_seconds": seconds}
 
 
-def _maml2(params, key, count, mesh):
-    family = nav2d.make_task_family("nav2d-isolated")
-    policy = make_gaussian_policy(family.obs_dim, family.action_dim)
-    adapter = make_policy_gradient_adapter(family, policy, PolicyGradientConfig())
-    config = deep_maml2.DeepMAML2Config()
-    update = make_maml_trpo_update(policy, adapter, 1, config.tasks_per_category, mesh=mesh)
-    iteration = jax.jit(deep_maml2.make_maml2_iteration(update, config))
-    pool, truth = family.sample_tasks(key, config.pool_size)
-    members = jnp.asarray(clustering.membership(np.asarray(truth), config.num_categories))
-    state = deep_maml2.init_state(params, config.num_categories)
-    t0 = time.perf_counter()
-    compiled = iteration.lower(state, pool, members, key).compile()
-    compile_seconds = time.perf_counter() - t0
-    seconds = _time(lambda s, i: compiled(s, pool, members, jax.random.fold_in(key, i))[0], state, count)
+def _maml2(seed, count, mesh):
+    # The deep schedule: 3 categories x 10 tasks of a pool of 40, parallel, 1 step per category.
+    config = TrainConfig(env="nav2d-isolated", algo="maml2")
+    parts = Parts(config, mesh)
+    state = parts.init(seed)
+    state = engine_lib.classify(state, parts.engine.features(state))  # once, before the first step (untimed)
+    compiled, compile_seconds = _compiled_step(parts, state)
+    seconds = _time(lambda s, i: compiled(s)[0], state, count)
     return {"compile_seconds": compile_seconds, "median_seconds": statistics.median(seconds), "all_seconds": seconds,
-            "tasks": config.num_categories * config.tasks_per_category}
+            "tasks": config.meta.categories * config.meta.tasks_per_category}
 
 
 def main():
@@ -84,19 +83,14 @@ def main():
     parser.add_argument("--out", default="benchmarks/results/meta_iteration.json")
     args = parser.parse_args()
 
-    family = nav2d.make_task_family("nav2d")
-    policy = make_gaussian_policy(family.obs_dim, family.action_dim)
-    adapter = make_policy_gradient_adapter(family, policy, PolicyGradientConfig())
-    params = policy.init(jax.random.key(args.seed))
-    key = jax.random.key(args.seed + 1000)
     mesh = sharding.task_mesh() if jax.device_count() > 1 else None
 
     figures = {}
     settings = (("maml_trpo", 10, 1.0, mesh), ("maml_trpo_one_device", 10, 1.0, None),
                 ("maml_trpo_cg1", 1, 1.0, mesh), ("maml_trpo_curvature_quarter", 10, 0.25, mesh))
     for name, cg, fraction, m in settings:
-        figures[name] = _maml(family, policy, adapter, params, key, args.iterations, cg, fraction, m)
-    figures["maml2_outer_iteration"] = _maml2(params, key, args.iterations, mesh)
+        figures[name] = _maml(args.seed, args.iterations, cg, fraction, m)
+    figures["maml2_outer_iteration"] = _maml2(args.seed, args.iterations, mesh)
     median = {name: f["median_seconds"] for name, f in figures.items()}
     per_cg = (median["maml_trpo"] - median["maml_trpo_cg1"]) / 9
     env_steps = 2 * 20 * 20 * 100  # inner and outer batches

@@ -32,9 +32,7 @@ import jax.numpy as jnp  # noqa: E402
 
 import common  # noqa: E402  (beside this file)
 from maml2_jax import deep_training, envs  # noqa: E402
-from maml2_jax.learners.policy_gradient import PolicyGradientConfig, make_policy_gradient_adapter  # noqa: E402
-from maml2_jax.maml_trpo import make_maml_trpo_iteration  # noqa: E402
-from maml2_jax.networks import make_gaussian_policy  # noqa: E402
+from maml2_jax.learners.policy_gradient import PolicyGradientConfig  # noqa: E402
 
 
 def _median_seconds(call, count):
@@ -75,22 +73,22 @@ def random_rollout_ceiling(family, tasks, trajectories, mesh, key, count):
 
 
 def measure(family, num_tasks, trajectories, inner_steps, count, seed, devices=0):
+    # MAML is the engine with one category and fresh tasks, as maml2 train --algo maml runs it.
+    config = deep_training.TrainConfig(env=family.name, horizon=family.config.horizon,
+                                       backend=getattr(family.config, "backend", ""), meta_batch_size=num_tasks,
+                                       devices=devices, inner=PolicyGradientConfig(num_trajectories=trajectories,
+                                                                                   inner_steps=inner_steps))
     # The device split maml2 train --devices would use (0: its default).
-    mesh = deep_training.mesh_for(deep_training.TrainConfig(env=family.name, meta_batch_size=num_tasks,
-                                                            devices=devices))
-    policy = make_gaussian_policy(family.obs_dim, family.action_dim)
-    adapter = make_policy_gradient_adapter(family, policy, PolicyGradientConfig(num_trajectories=trajectories,
-                                                                                inner_steps=inner_steps))
-    iteration = jax.jit(make_maml_trpo_iteration(family, policy, adapter, inner_steps, num_tasks, mesh=mesh))
-    params = policy.init(jax.random.key(seed))
+    mesh = deep_training.mesh_for(config)
+    parts = deep_training.Parts(config, mesh)
     key = jax.random.key(seed + 1)
+    state = {"run": parts.init(seed)}
     t0 = time.perf_counter()
-    compiled = iteration.lower(params, key).compile()
+    compiled = parts.engine.step.lower(state["run"]).compile()
     compile_seconds = time.perf_counter() - t0
-    state = {"params": params}
 
     def call(i):
-        state["params"], metrics = compiled(state["params"], jax.random.fold_in(key, i))
+        state["run"], metrics = compiled(state["run"])
         return metrics
 
     median, seconds = _median_seconds(call, count)

@@ -92,3 +92,21 @@ class Draws:
             self.u = np.concatenate([self.u, np.asarray(u, np.float32)])
             self.action = np.concatenate([self.action, np.asarray(a, np.int64)])
         return self.u[t], int(self.action[t])
+
+
+def maml_trpo_iteration(family, policy, adapter, inner_steps, num_tasks, config=None, curvature_fraction=1.0,
+                        mesh=None):
+    """``iteration(params, key) -> (params, metrics)``: fresh tasks, then the MAML-TRPO rule
+    (what the engine's MAML step does, without the run state)."""
+    from maml2_jax.rules.maml_trpo import maml_trpo
+    from maml2_jax.trpo import TRPOConfig
+
+    rule = maml_trpo(policy, adapter, inner_steps, num_tasks, config or TRPOConfig(), curvature_fraction, mesh)
+
+    def iteration(params, key):
+        k_tasks, k_update = jax.random.split(key)
+        tasks, _ = family.sample_tasks(k_tasks, num_tasks)
+        params, _, metrics = rule.update(params, (), tasks, k_update, 1.0)
+        return params, metrics
+
+    return jax.jit(iteration)

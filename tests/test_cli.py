@@ -81,7 +81,7 @@ def test_train_writes_metrics_and_parameters(tmp_path, capsys):
 def test_train_bad_input_is_one_line(tmp_path, capsys):
     assert cli.main(["train", "--iterations", "0", "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == "maml2: error: iterations must be a positive integer, got 0"
+    assert err == "maml2: error: outer iterations must be a positive integer, got 0"
     assert not (tmp_path / "x").exists()
 
 
@@ -90,13 +90,23 @@ def test_train_bad_input_is_one_line(tmp_path, capsys):
     [(["--algo", "maml2", "--categories", "9", "--pool-size", "4"], "cannot make 9 categories"),
      (["--devices", "999"], "asked for 999 devices but only"),
      (["--algo", "maml2", "--feature", "grad"], "invalid choice"),
-     (["--algo", "maml2", "--recluster-every", "0"], "recluster interval must be a positive integer")],
+     (["--algo", "maml2", "--classify-every", "-1"], "classify every must be a non-negative integer"),
+     (["--seeds", "0"], "seeds must be a positive integer"), (["--rule", "lbfgs"], "invalid choice")],
 )
 def test_train_maml2_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, args, message):
     assert cli.main(["train", "--out", str(tmp_path / "x"), *args]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err
     assert not (tmp_path / "x").exists()
+
+
+def test_resume_of_a_directory_without_a_run_is_one_line(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert cli.main(["train", "--resume", str(tmp_path / "empty")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "is not a training run" in err and "\n" not in err
+    assert cli.main(["train"]) == 2
+    assert "--out" in capsys.readouterr().err
 
 
 def test_evaluate_bad_input_is_one_line(tmp_path, capsys):

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from maml2_jax import clustering
+from maml2_jax.core import classification as clustering
 from maml2_jax.errors import ConfigError
 from maml2_jax.learners.sarsa import make_sarsa
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from maml2_jax import cli, deep_evaluation, deep_training
-from maml2_jax.deep_maml2 import DeepMAML2Config
+import dataclasses
+
 from maml2_jax.errors import ConfigError
 from maml2_jax.learners.policy_gradient import PolicyGradientConfig
 
@@ -15,9 +16,8 @@ TASKS, STEPS = 8, 2
 
 def _train(path, algo, seed, env="nav2d-isolated"):
     config = deep_training.TrainConfig(
-        env=env, algo=algo, iterations=1, seed=seed, meta_batch_size=4,
-        inner=PolicyGradientConfig(num_trajectories=4),
-        maml2=DeepMAML2Config(num_categories=3, pool_size=6, tasks_per_category=2))
+        env=env, algo=algo, seed=seed, meta_batch_size=4, inner=PolicyGradientConfig(num_trajectories=4), pool_size=6,
+        meta=dataclasses.replace(deep_training.DEEP_SCHEDULE, outer_iterations=1, categories=3, tasks_per_category=2))
     deep_training.train(config, out=str(path))
     return str(path)
 

@@ -8,15 +8,18 @@ import pytest
 from flax import serialization
 
 from maml2_jax import deep_training
-from maml2_jax.deep_maml2 import DeepMAML2Config
+import dataclasses
+
+from maml2_jax.core.config import MetaConfig
 from maml2_jax.errors import ConfigError
 from maml2_jax.learners.policy_gradient import PolicyGradientConfig
 
 
 def test_short_training_run_improves_post_adaptation_return(tmp_path):
-    config = deep_training.TrainConfig(iterations=8, seed=1, meta_batch_size=10,
-                                       inner=PolicyGradientConfig(num_trajectories=10))
-    params, history = deep_training.train(config, out=str(tmp_path))
+    config = deep_training.TrainConfig(seed=1, meta_batch_size=10, inner=PolicyGradientConfig(num_trajectories=10),
+                                       meta=dataclasses.replace(deep_training.DEEP_SCHEDULE, outer_iterations=8))
+    state, (history,) = deep_training.train(config, out=str(tmp_path))
+    params = state.theta
     first, last = history[0], history[-1]
     # Measured here: post-adaptation return -173 at iteration 0, -44 at iteration 7
     # (pre -228 -> -55). A broken meta-gradient leaves it near the start.
@@ -33,7 +36,9 @@ def test_short_training_run_improves_post_adaptation_return(tmp_path):
 
 @pytest.mark.parametrize(
     "kwargs,message",
-    [(dict(env="cheetah"), "unknown env"), (dict(algo="reptile"), "algo"), (dict(iterations=0), "iterations"),
+    [(dict(env="cheetah"), "unknown env"), (dict(algo="reptile"), "algo"), (dict(rule="lbfgs"), "rule"),
+     (dict(seeds=0), "seeds"), (dict(checkpoint_every=-1), "checkpoint every"), (dict(meta_lr=float("nan")), "meta"),
+     (dict(algo="maml2", pool_size=2), "cannot make"), (dict(feature="grad"), "feature"),
      (dict(curvature_fraction=2.0), "curvature"), (dict(devices=-1), "devices"),
      (dict(backend="spring"), "brax families only"), (dict(env="halfcheetah-vel", backend="bullet"), "unknown brax"),
      (dict(horizon=-5), "horizon")],
@@ -45,9 +50,10 @@ def test_config_errors(kwargs, message):
 
 def test_short_maml2_run_improves_and_saves_its_categories(tmp_path):
     config = deep_training.TrainConfig(
-        env="nav2d-isolated", algo="maml2", iterations=8, seed=1, inner=PolicyGradientConfig(num_trajectories=10),
-        maml2=DeepMAML2Config(num_categories=3, pool_size=12, tasks_per_category=4, recluster_every=4))
-    state, history = deep_training.train(config, out=str(tmp_path))
+        env="nav2d-isolated", algo="maml2", seed=1, inner=PolicyGradientConfig(num_trajectories=10), pool_size=12,
+        meta=dataclasses.replace(deep_training.DEEP_SCHEDULE, outer_iterations=8, categories=3, tasks_per_category=4,
+                                 classify_every=4))
+    state, (history,) = deep_training.train(config, out=str(tmp_path))
     # Measured here: post-adaptation return (mean over the categories) -168 at
     # iteration 0, -50 at iteration 7. A broken category update leaves it near -168.
     assert history[-1]["post_return"] > history[0]["post_return"] + 50
@@ -59,7 +65,7 @@ def test_short_maml2_run_improves_and_saves_its_categories(tmp_path):
     assert len(categories["pool"]) == len(categories["pool_categories"]) == 12
     loaded, _, theta, category_params = deep_training.load_run(str(tmp_path))
     assert loaded == config
-    for a, b in zip(jax.tree.leaves((theta, category_params)), jax.tree.leaves(state)):
+    for a, b in zip(jax.tree.leaves((theta, category_params)), jax.tree.leaves((state.theta, state.category_params))):
         np.testing.assert_array_equal(a, b)
     # θ is the mean of the category parameters (parallel global move).
     for t, c in zip(jax.tree.leaves(theta), jax.tree.leaves(category_params)):

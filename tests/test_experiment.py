@@ -7,7 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from maml2_jax import clustering, evaluation, gridworld_experiment, maml2
+from maml2_jax import evaluation, gridworld_experiment
+from maml2_jax import lane_maml2 as maml2
+from maml2_jax.core import classification as clustering
 from maml2_jax.envs.gridworld import GridWorld
 from maml2_jax.errors import ConfigError
 from maml2_jax.gridworld_experiment import METHODS, GridworldConfig

@@ -8,7 +8,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from maml2_jax import maml2, meta_updates
+from maml2_jax import lane_maml2 as maml2
+from maml2_jax.core import outer_update as meta_updates
+from maml2_jax.core.readaptation import update_tendency
+from maml2_jax.core.types import tree_norm
+from maml2_jax.rules.reptile import reptile_step
 from maml2_jax.errors import ConfigError
 from maml2_jax.learners.sarsa import make_sarsa
 
@@ -158,10 +162,10 @@ def test_update_tendency_picks_the_category_moved_towards():
         "a": jnp.asarray([[5.0, 0.0], [-5.0, 0.0], [0.0, 0.0]]),
         "b": jnp.asarray([[0.0], [0.0], [5.0]]),
     }
-    assert int(maml2.update_tendency(theta, theta_1, cats)) == 2
+    assert int(update_tendency(theta, theta_1, cats)) == 2
     # Moving the other way along a picks category 1 instead.
     theta_1 = {"a": jnp.asarray([-1.0, 0.0]), "b": jnp.asarray([0.0])}
-    assert int(maml2.update_tendency(theta, theta_1, cats)) == 1
+    assert int(update_tendency(theta, theta_1, cats)) == 1
 
 
 def test_update_tendency_is_distance_decrease_not_distance():
@@ -171,9 +175,9 @@ def test_update_tendency_is_distance_decrease_not_distance():
     far = jnp.asarray([10.0, 0.0])  # ‖θ₁ − far‖ = 9, decrease 10 − 9 = 1
     cats = jnp.stack([near, far])
     assert np.linalg.norm(theta_1 - near) < np.linalg.norm(theta_1 - far)  # near is nearer...
-    assert int(maml2.update_tendency(theta, theta_1, cats)) == 1  # ...but far was moved towards more
+    assert int(update_tendency(theta, theta_1, cats)) == 1  # ...but far was moved towards more
     # Order does not matter.
-    assert int(maml2.update_tendency(theta, theta_1, cats[::-1])) == 0
+    assert int(update_tendency(theta, theta_1, cats[::-1])) == 0
 
 
 def test_update_tendency_ties_and_batching():
@@ -181,11 +185,11 @@ def test_update_tendency_ties_and_batching():
     theta_1 = jnp.asarray([0.0, 1.0, 0.0])
     same = jnp.asarray([0.0, 2.0, 0.0])
     # Two identical categories: the lower index wins.
-    assert int(maml2.update_tendency(theta, theta_1, jnp.stack([-same, same, same]))) == 1
+    assert int(update_tendency(theta, theta_1, jnp.stack([-same, same, same]))) == 1
     # vmapped and jitted over lanes, each lane its own answer.
     thetas_1 = jnp.stack([theta_1, -theta_1])
     cats = jnp.stack([jnp.stack([same, -same])] * 2)
-    chosen = jax.jit(jax.vmap(maml2.update_tendency))(jnp.zeros((2, 3)), thetas_1, cats)
+    chosen = jax.jit(jax.vmap(update_tendency))(jnp.zeros((2, 3)), thetas_1, cats)
     np.testing.assert_array_equal(chosen, [0, 1])
     assert chosen.dtype == jnp.int32
 
@@ -218,7 +222,7 @@ def test_readapt_without_reset_is_plain_adaptation(learner, readapt_setup):
     chex.assert_trees_all_equal(_strip(agents), _strip(plain))
     # chosen is still the update tendency after the first two episodes.
     first = adapt_jit(learner, theta, goals, keys, 2)
-    expected = jax.vmap(maml2.update_tendency)(theta, first.q, cats)
+    expected = jax.vmap(update_tendency)(theta, first.q, cats)
     np.testing.assert_array_equal(chosen, expected)
 
 
@@ -229,7 +233,7 @@ def test_readapt_reset_jumps_to_the_chosen_category(learner, readapt_setup):
     agents, chosen = readapt_jit(learner, theta, cats, goals, keys, 1, reset, 1)
     first = adapt_jit(learner, theta, goals, keys, 1)
     chosen = np.asarray(chosen)
-    np.testing.assert_array_equal(chosen, jax.vmap(maml2.update_tendency)(theta, first.q, cats))
+    np.testing.assert_array_equal(chosen, jax.vmap(update_tendency)(theta, first.q, cats))
     for lane in range(4):
         expected = cats[lane, chosen[lane]] if reset[lane] else first.q[lane]
         np.testing.assert_array_equal(agents.q[lane], expected)
@@ -279,15 +283,12 @@ def test_isolated_task_resets_to_its_own_category(published_world, learner):
 def test_reptile_step_by_hand():
     theta_c = {"w": jnp.asarray([1.0, 2.0]), "b": jnp.asarray([[0.0]])}
     adapted = {"w": jnp.asarray([3.0, 2.0]), "b": jnp.asarray([[4.0]])}
-    new, norm = meta_updates.reptile_step(theta_c, adapted, 0.5)
+    new = reptile_step(theta_c, adapted, 0.5)
     chex.assert_trees_all_close(new, {"w": jnp.asarray([2.0, 2.0]), "b": jnp.asarray([[2.0]])})
-    np.testing.assert_allclose(norm, np.sqrt(1.0**2 + 0.0**2 + 2.0**2), rtol=1e-6)
     # β/|C| = 1: a one-task category copies the adapted parameters.
-    new, norm = meta_updates.reptile_step(theta_c, adapted, 1.0)
-    chex.assert_trees_all_equal(new, adapted)
-    np.testing.assert_allclose(norm, np.sqrt(4.0 + 16.0), rtol=1e-6)
+    chex.assert_trees_all_equal(reptile_step(theta_c, adapted, 1.0), adapted)
     # jit gives the same.
-    chex.assert_trees_all_close(jax.jit(meta_updates.reptile_step)(theta_c, adapted, 0.5)[0], {
+    chex.assert_trees_all_close(jax.jit(reptile_step)(theta_c, adapted, 0.5), {
         "w": jnp.asarray([2.0, 2.0]), "b": jnp.asarray([[2.0]])})
 
 
@@ -325,7 +326,7 @@ def test_mean_over_categories_by_hand():
 
 def test_tree_norm():
     tree = {"a": jnp.asarray([3.0]), "b": jnp.asarray([[0.0, 4.0]])}
-    np.testing.assert_allclose(meta_updates.tree_norm(tree), 5.0)
+    np.testing.assert_allclose(tree_norm(tree), 5.0)
 
 
 # --------------------------------------------------------------------------------------

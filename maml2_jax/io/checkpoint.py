@@ -20,6 +20,13 @@ import orbax.checkpoint as ocp
 from maml2_jax.errors import ConfigError
 
 
+def _stored_leaves(state) -> dict:
+    """The leaves orbax stores, by position: every non-empty array (orbax refuses empty
+    ones; those, such as a fresh-draw source's empty pool, come back from the template)."""
+    leaves = [np.asarray(x) for x in jax.tree.leaves(jax.device_get(state))]
+    return {str(i): x for i, x in enumerate(leaves) if x.size}
+
+
 class Checkpoints:
     """The checkpoints of one run, in ``directory`` (created if missing).
 
@@ -35,8 +42,8 @@ class Checkpoints:
 
     def save(self, iteration: int, state, record: dict | None = None) -> None:
         """Saves ``state`` (a pytree of arrays) and ``record`` (JSON) as checkpoint ``iteration``."""
-        state = jax.tree.map(np.asarray, jax.device_get(state))
-        args = ocp.args.Composite(state=ocp.args.StandardSave(state), record=ocp.args.JsonSave(record or {}))
+        args = ocp.args.Composite(state=ocp.args.StandardSave(_stored_leaves(state)),
+                                  record=ocp.args.JsonSave(record or {}))
         self._manager.save(iteration, args=args, force=True)
         self._manager.wait_until_finished()
 
@@ -55,22 +62,24 @@ class Checkpoints:
         iteration = self.latest() if iteration is None else iteration
         if iteration is None:
             raise ConfigError(f"no complete checkpoint in {self.directory}")
-        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype), template)
+        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), _stored_leaves(template))
         try:
             restored = self._manager.restore(iteration, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(abstract), record=ocp.args.JsonRestore()))
         except Exception as error:  # orbax raises many types for a damaged directory
             detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise ConfigError(f"checkpoint {iteration} in {self.directory} cannot be read ({detail[:200]})") from None
-        state = restored.state
-        saved = jax.tree.structure(state)
-        if saved != jax.tree.structure(template):
+        stored = restored.state
+        leaves, treedef = jax.tree.flatten(template)
+        if set(stored) != set(_stored_leaves(template)):
             raise ConfigError(f"checkpoint {iteration} in {self.directory} does not match this run's state")
-        for got, want in zip(jax.tree.leaves(state), jax.tree.leaves(template)):
+        for name, got in stored.items():
+            want = leaves[int(name)]
             if np.shape(got) != np.shape(want) or np.asarray(got).dtype != np.asarray(want).dtype:
                 raise ConfigError(f"checkpoint {iteration} in {self.directory} does not match this run's state "
                                   f"(an array of shape {np.shape(got)} where {np.shape(want)} was expected)")
-        return state, dict(restored.record or {})
+            leaves[int(name)] = np.asarray(got)
+        return jax.tree.unflatten(treedef, leaves), dict(restored.record or {})
 
     def close(self) -> None:
         self._manager.close()
