@@ -78,7 +78,9 @@ def outer_update(category_fn: Callable, theta: Params, category_params: Params, 
         stacked, states, metrics = jax.vmap(category_fn)(categories, starts, rule_state)
         return mean_over_categories(stacked), stacked, states, metrics
 
-    weight = 1.0 / num_categories
+    # 1/N in float32, with (1 − w) rounded in float32 too: the same numbers as the
+    # grid world's fast path, whose greedy ties make rounding visible in the steps.
+    weight = 1.0 / jnp.int32(num_categories)
 
     def one_category(theta, inputs):
         c, stored, state_c = inputs

@@ -168,6 +168,10 @@ def classify(state: RunState, features) -> RunState:
     size = int(state.source.size)
     n = state.num_categories
     features = np.asarray(features, np.float64)[:size]
+    if not np.all(np.isfinite(features)):
+        bad = int(np.sum(~np.all(np.isfinite(features), axis=1)))
+        raise FloatingPointError(f"{bad} of {size} pool tasks have non-finite classification features "
+                                 "(the adaptation diverged): lower the inner step size")
     previous = np.asarray(state.centroids) if bool(state.classified) else None
     labels, centroids = classification.classify(features, n, kmeans_seed(state), previous)
     pool_size = state.labels.shape[0]

@@ -36,6 +36,7 @@ import jax.numpy as jnp
 
 from maml2_jax.envs.gridworld import NUM_ACTIONS, GridWorld
 from maml2_jax.errors import ConfigError
+from maml2_jax.core.types import Learner as CoreLearner
 from maml2_jax.learner import Learner
 
 
@@ -245,3 +246,25 @@ def make_sarsa(world: GridWorld, config: SarsaConfig = SarsaConfig(), log_episod
         feature=feature,
         performance=lambda agent: agent.steps_log,
     )
+
+
+def make_sarsa_learner(world: GridWorld, config: SarsaConfig = SarsaConfig(), episodes: int = 5,
+                       log_episodes: int = 10, track_visits: bool = True) -> CoreLearner:
+    """Tabular SARSA behind the core's :class:`~maml2_jax.core.types.Learner` (one task).
+
+    ``adapt`` runs ``episodes`` episodes of the tick machine for one lane; its stats
+    are the finished :class:`SarsaAgent`; ``feature`` is ``flatten(Q ⊙ μ)``; ``score``
+    the steps of the logged episodes. The engine runs each adaptation as a loop of
+    its own; :mod:`maml2_jax.lane_maml2` is the fused fast path of the same schedule.
+    """
+    from maml2_jax import adaptation
+
+    ticks = make_sarsa(world, config, log_episodes, track_visits)
+
+    def adapt(params, task, key):
+        agents = adaptation.adapt(ticks, params[None], jnp.asarray(task)[None], key[None], episodes)
+        agent = jax.tree.map(lambda x: x[0], agents)
+        return agent.q, agent
+
+    return CoreLearner(init=lambda key: ticks.init_params(), adapt=adapt,
+                       feature=lambda params, adapted, agent: ticks.feature(agent), score=ticks.performance)

@@ -37,7 +37,7 @@ def gradient(learner: Learner, optimizer: optax.GradientTransformation) -> MetaR
 
         (value, aux), grads = jax.value_and_grad(loss, has_aux=True)(params)
         updates, state = optimizer.update(grads, state, params)
-        metrics = {"loss": value, "grad_norm": optax.global_norm(grads), **aux}
+        metrics = {"loss": value, "grad_norm": optax.tree.norm(grads), **aux}
         return optax.apply_updates(params, updates), state, metrics
 
     return MetaRule(init, update)
