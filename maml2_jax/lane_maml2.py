@@ -35,7 +35,6 @@ from maml2_jax.core.outer_update import OUTER_UPDATES as OUTER_MODES
 from maml2_jax.core.outer_update import interpolate, mean_over_categories
 from maml2_jax.core import readaptation
 from maml2_jax.core.types import take as _take
-from maml2_jax.core.types import tree_norm
 from maml2_jax.rules.reptile import reptile_step
 from maml2_jax.errors import ConfigError, check_positive_int
 from maml2_jax.learner import Agent, Learner, Params, Task
@@ -130,8 +129,7 @@ def _start_adaptation(learner: Learner, state: MetaState, members, tasks) -> Met
 def _on_adapted(learner: Learner, beta: float, stop_tolerance: float, state: MetaState, members, tasks) -> MetaState:
     """The meta-step after an adaptation finished, then the next adaptation (one lane)."""
     size = jnp.sum(members[state.category]).astype(jnp.float32)
-    theta_c = reptile_step(state.theta_c, learner.params(state.agent), beta / size)
-    step_norm = tree_norm(jax.tree.map(jnp.subtract, theta_c, state.theta_c))
+    theta_c, step_norm = reptile_step(state.theta_c, learner.params(state.agent), beta / size)
     inner = state.inner + 1
     category_done = (inner >= state.inner_iterations) | (step_norm < stop_tolerance)
 

@@ -283,12 +283,15 @@ def test_isolated_task_resets_to_its_own_category(published_world, learner):
 def test_reptile_step_by_hand():
     theta_c = {"w": jnp.asarray([1.0, 2.0]), "b": jnp.asarray([[0.0]])}
     adapted = {"w": jnp.asarray([3.0, 2.0]), "b": jnp.asarray([[4.0]])}
-    new = reptile_step(theta_c, adapted, 0.5)
+    new, norm = reptile_step(theta_c, adapted, 0.5)
     chex.assert_trees_all_close(new, {"w": jnp.asarray([2.0, 2.0]), "b": jnp.asarray([[2.0]])})
+    np.testing.assert_allclose(norm, np.sqrt(1.0**2 + 0.0**2 + 2.0**2), rtol=1e-6)
     # β/|C| = 1: a one-task category copies the adapted parameters.
-    chex.assert_trees_all_equal(reptile_step(theta_c, adapted, 1.0), adapted)
+    new, norm = reptile_step(theta_c, adapted, 1.0)
+    chex.assert_trees_all_equal(new, adapted)
+    np.testing.assert_allclose(norm, np.sqrt(4.0 + 16.0), rtol=1e-6)
     # jit gives the same.
-    chex.assert_trees_all_close(jax.jit(reptile_step)(theta_c, adapted, 0.5), {
+    chex.assert_trees_all_close(jax.jit(reptile_step)(theta_c, adapted, 0.5)[0], {
         "w": jnp.asarray([2.0, 2.0]), "b": jnp.asarray([[2.0]])})
 
 

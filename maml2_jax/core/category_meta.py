@@ -44,8 +44,9 @@ def category_meta(rule: MetaRule, source: TaskSource, source_state: SourceState,
       theta_c: the start θ_c; ``rule_state`` the category's rule state.
       keys: ``[K_in]`` step keys (:func:`step_keys`).
       tasks_per_step: B.
-      stop_tolerance: stop once ``‖θ_c^{new} − θ_c‖ < tolerance`` (the step that
-        falls below it is kept); 0 never stops.
+      stop_tolerance: stop once a step is shorter than this (the step that falls
+        below it is kept); 0 never stops. The length is the rule's ``step_norm``
+        metric where it reports one, else ``‖θ_c^{new} − θ_c‖``.
 
     Returns:
       ``(θ_c, rule_state, metrics)``: ``metrics`` of the last step.
@@ -57,7 +58,10 @@ def category_meta(rule: MetaRule, source: TaskSource, source_state: SourceState,
         k_task, k_update = jax.random.split(key)
         tasks = source.draw(source_state, members, k_task, tasks_per_step)
         new_params, new_state, metrics = rule.update(params, state, tasks, k_update, size)
-        moved = tree_norm(jax.tree.map(jnp.subtract, new_params, params))
+        if isinstance(metrics, dict) and "step_norm" in metrics:
+            moved = metrics["step_norm"]  # the rule's own measure of its step (Reptile's)
+        else:
+            moved = tree_norm(jax.tree.map(jnp.subtract, new_params, params))
 
         def keep(new, old):
             return jax.tree.map(lambda a, b: jnp.where(stopped, b, a), new, old)

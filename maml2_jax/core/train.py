@@ -41,6 +41,7 @@ from jax.flatten_util import ravel_pytree
 from maml2_jax.core import category_meta, classification, outer_update
 from maml2_jax.core.config import MetaConfig
 from maml2_jax.core.types import Learner, MetaRule, RunState, TaskSource, stack_copies
+from maml2_jax.errors import ConfigError
 
 SOURCE_COUNTER = 0xB0000000
 KMEANS_COUNTER = 0xC0000000
@@ -170,7 +171,7 @@ def classify(state: RunState, features) -> RunState:
     features = np.asarray(features, np.float64)[:size]
     if not np.all(np.isfinite(features)):
         bad = int(np.sum(~np.all(np.isfinite(features), axis=1)))
-        raise FloatingPointError(f"{bad} of {size} pool tasks have non-finite classification features "
+        raise ConfigError(f"{bad} of {size} pool tasks have non-finite classification features "
                                  "(the adaptation diverged): lower the inner step size")
     previous = np.asarray(state.centroids) if bool(state.classified) else None
     labels, centroids = classification.classify(features, n, kmeans_seed(state), previous)

@@ -12,17 +12,19 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from maml2_jax.core.types import Learner, MetaRule
+from maml2_jax.core.types import Learner, MetaRule, tree_norm
 
 
 def reptile_step(theta_c, adapted, step_size):
-    """``θ_c + step_size·(θ' − θ_c)``."""
+    """``(θ_c + step_size·(θ' − θ_c), ‖step‖₂)``; the norm is of the step itself, as the
+    published early stop reads it."""
     update = jax.tree.map(lambda a, t: step_size * (a - t), adapted, theta_c)
-    return jax.tree.map(jnp.add, theta_c, update)
+    return jax.tree.map(jnp.add, theta_c, update), tree_norm(update)
 
 
 def reptile(learner: Learner, beta: float = 1.0) -> MetaRule:
-    """The rule; metrics: ``score``, the mean of the learner's scores over the adaptations.
+    """The rule; metrics: ``score``, the mean of the learner's scores over the adaptations,
+    and ``step_norm``, the length of the step (CatMeta's early stop reads it).
 
     Keys: a batch of one task adapts with the step's key itself; task b of a larger
     batch with ``split(key, B)[b]``.
@@ -43,6 +45,7 @@ def reptile(learner: Learner, beta: float = 1.0) -> MetaRule:
             adapted, stats = jax.vmap(learner.adapt, in_axes=(None, 0, 0))(params, tasks, jax.random.split(key, count))
             adapted = jax.tree.map(lambda x: jnp.mean(x, axis=0), adapted)
             score = jnp.mean(jax.vmap(learner.score)(stats))
-        return reptile_step(params, adapted, beta / category_size), state, {"score": score}
+        params, step_norm = reptile_step(params, adapted, beta / category_size)
+        return params, state, {"score": score, "step_norm": step_norm}
 
     return MetaRule(init, update)
