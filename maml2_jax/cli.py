@@ -98,6 +98,8 @@ def _add_gridworld(sub) -> None:
     p.add_argument("--epsilon-decay", type=float, default=s.epsilon_decay,
                    help="ε factor per action choice (default %(default)s)")
     p.add_argument("--q-init", type=float, default=s.q_init, help="initial Q value (default %(default)s)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the interrupted run in --out after its last completed stage (same flags)")
     p.add_argument("--quiet", action="store_true", help="print only the final table")
 
 
@@ -157,9 +159,33 @@ def run_gridworld(args) -> None:
         print(f"grid world: {config.runs} runs x {config.world.num_tasks} tasks, N={config.categories}, "
               f"K_out={config.outer_iterations}, K_in={config.inner_iterations}, "
               f"MAML {config.maml_iterations} it., {config.outer_update} outer update", file=sys.stderr)
-    result = gridworld_experiment.run(config, progress)
-    summary = evaluation.summarize(result)
+    import dataclasses
+    import json
+    import shutil
+
+    from maml2_jax.io.checkpoint import Checkpoints
+
     os.makedirs(args.out, exist_ok=True)
+    config_path = os.path.join(args.out, "config.json")
+    checkpoint_dir = os.path.join(args.out, "checkpoint")
+    saved = json.loads(json.dumps(dataclasses.asdict(config)))  # tuples as lists, as the file has them
+    if args.resume:
+        try:
+            with open(config_path) as f:
+                previous = json.load(f)
+        except (OSError, json.JSONDecodeError):
+            raise ConfigError(f"nothing to resume in {args.out} (no readable config.json)") from None
+        if previous != saved:
+            raise ConfigError(f"the run in {args.out} had other settings; resume it with the same flags")
+    else:
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)  # a new run never reuses an old run's stages
+        files.write_json(config_path, saved)
+    checkpoints = Checkpoints(checkpoint_dir, keep=len(gridworld_experiment.STAGES) - 1)
+    try:
+        result = gridworld_experiment.run(config, progress, checkpoints=checkpoints)
+    finally:
+        checkpoints.close()
+    summary = evaluation.summarize(result)
     summary_path = os.path.join(args.out, "summary.json")
     figure_path = os.path.join(args.out, "adaptation.png")
     files.write_atomically(figure_path, lambda tmp: plotting.adaptation_figure(summary, tmp))

@@ -245,15 +245,23 @@ def categorize(features, keys, categories: int) -> np.ndarray:
     return np.stack([classification.kmeans_labels(f, categories, int(s)) for f, s in zip(np.asarray(features), seeds)])
 
 
+STAGES = ("classify", "k-means", "train", "test")
+
+
 def run(config: GridworldConfig, progress: Callable[[str], None] | None = None,
-        mesh: jax.sharding.Mesh | None = None) -> GridworldResult:
-    """Runs the whole experiment. Impure: host k-means, timing, ``progress`` calls.
+        mesh: jax.sharding.Mesh | None = None, checkpoints=None) -> GridworldResult:
+    """Runs the whole experiment. Impure: host k-means, timing, ``progress`` calls, checkpoints.
 
     Args:
       config: the experiment.
       progress: called with a short message as each stage starts.
       mesh: devices to split the runs over (default: all devices). The runs are
         padded to a multiple of the device count; results do not depend on it.
+      checkpoints: a :class:`maml2_jax.io.checkpoint.Checkpoints`, or None. The
+        outputs of every completed stage are saved there (checkpoint k: the first k
+        stages), and a run that finds one continues after it: the stages are
+        deterministic, so the result is the uninterrupted run's. The caller must use
+        the same ``config`` (the CLI checks it).
     """
     say = progress or (lambda message: None)
     started = time.perf_counter()
@@ -261,25 +269,40 @@ def run(config: GridworldConfig, progress: Callable[[str], None] | None = None,
     classify, train, test = build(config, mesh if mesh.size > 1 else None)
     keys = sharding.pad_runs(run_keys(config.seed, config.runs), mesh.size)
     phases = {}
+    outputs = {}  # stage outputs, as NumPy arrays: what a checkpoint holds
 
-    def timed(name, fn, *args):
+    def shapes(fn, *args):
+        return jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), jax.eval_shape(fn, *args))
+
+    padded = keys.shape[0]
+    templates = {"classify": lambda: shapes(classify, keys[:, 0]),
+                 "k-means": lambda: np.zeros((padded, config.world.num_tasks), np.int32)}
+    templates["train"] = lambda: shapes(train, jnp.zeros((padded, config.categories, config.world.num_tasks), bool),
+                                        keys[:, 2], keys[:, 3])
+    done = 0
+    if checkpoints is not None and checkpoints.latest() is not None:
+        done = checkpoints.latest()
+        template = {name: templates[name]() for name in STAGES[:done]}
+        outputs, record = checkpoints.restore(template, done)
+        phases = dict(record.get("phase_seconds", {}))
+
+    def stage(index, name, compute):
+        if index < done:
+            return outputs[name]
         say(name)
         t0 = time.perf_counter()
-        out = jax.block_until_ready(fn(*args))
+        outputs[name] = jax.tree.map(np.asarray, jax.block_until_ready(compute()))
         phases[name] = time.perf_counter() - t0
-        return out
+        if checkpoints is not None and index < len(STAGES) - 1:
+            checkpoints.save(index + 1, outputs, {"phase_seconds": phases})
+        return outputs[name]
 
-    features, classify_steps = timed("classify", classify, keys[:, 0])
-    features = np.asarray(features)
-    say("k-means")
-    t0 = time.perf_counter()
-    labels = categorize(features, keys[:, 1], config.categories)
+    features, classify_steps = stage(0, "classify", lambda: classify(keys[:, 0]))
+    labels = stage(1, "k-means", lambda: categorize(features, keys[:, 1], config.categories).astype(np.int32))
     members = classification.membership(labels, config.categories)
-    phases["k-means"] = time.perf_counter() - t0
-    theta, category_params, theta_maml, train_steps = timed(
-        "train", train, jnp.asarray(members), keys[:, 2], keys[:, 3]
-    )
-    steps, chosen, test_steps = timed("test", test, theta, category_params, theta_maml, keys[:, 4])
+    theta, category_params, theta_maml, train_steps = stage(
+        2, "train", lambda: train(jnp.asarray(members), keys[:, 2], keys[:, 3]))
+    steps, chosen, test_steps = stage(3, "test", lambda: test(theta, category_params, theta_maml, keys[:, 4]))
     runs = config.runs  # drop the padding runs
 
     def count(ticks):

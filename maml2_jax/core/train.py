@@ -197,7 +197,7 @@ def _iteration(state: RunState) -> int:
     return int(np.asarray(state.iteration).reshape(-1)[0])
 
 
-def run(engine: Engine, state: RunState, iterations: int, callback: Callable | None = None,
+def run(engine: Engine, state: RunState, iterations: int | None = None, callback: Callable | None = None,
         seeds: bool = False) -> RunState:
     """The host loop: classify when due, step, call back; until ``iterations`` are done.
 
@@ -206,14 +206,15 @@ def run(engine: Engine, state: RunState, iterations: int, callback: Callable | N
     Args:
       engine: the engine.
       state: a fresh or restored state (``seeds``: stacked ``[S, ...]`` states).
-      iterations: the outer iteration to stop at (K_out for a whole run). A restored
-        state continues from its own iteration, so a resumed run repeats nothing.
+      iterations: the outer iteration to stop at (default K_out, the whole run). A
+        restored state continues from its own iteration, so a resumed run repeats nothing.
       callback: ``(state, metrics, classified: bool) -> None`` after every step.
       seeds: the states carry a leading seeds axis; one compiled step trains all.
 
     Returns:
       The final state (the same type for every learner, rule and N).
     """
+    iterations = engine.config.outer_iterations if iterations is None else iterations
     step, features = engine.step, engine.features
     if seeds:
         step, features = _vmapped(engine)
