@@ -18,7 +18,8 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from maml2_jax.learner import Agent, Learner, Task
+from maml2_jax.tick_learner import Agent, Task
+from maml2_jax.tick_learner import TickLearner as Learner
 
 
 def tick_while(learner: Learner, has_work: Callable[[Agent], jax.Array], agents: Agent, tasks: Task) -> Agent:

@@ -37,7 +37,8 @@ from maml2_jax.core import readaptation
 from maml2_jax.core.types import take as _take
 from maml2_jax.rules.reptile import reptile_step
 from maml2_jax.errors import ConfigError, check_positive_int
-from maml2_jax.learner import Agent, Learner, Params, Task
+from maml2_jax.tick_learner import Agent, Params, Task
+from maml2_jax.tick_learner import TickLearner as Learner
 
 # Learner ticks per iteration of the meta-training loop (2 measured ~10% faster than
 # 1 on a 2-core CPU; 3 and 4 were no better).

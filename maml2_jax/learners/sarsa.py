@@ -11,7 +11,7 @@ go to the lowest action index. An episode is cut after ``max_steps`` moves; the 
 transition of a cut episode is still bootstrapped with the action chosen at its
 next cell (the ordinary ``for step in range(max_steps)`` loop does the same).
 
-Written as a tick machine (:class:`maml2_jax.learner.Learner`): one tick makes one
+Written as a tick machine (:class:`maml2_jax.tick_learner.TickLearner`): one tick makes one
 action choice. A normal tick chooses ``a`` at the current cell, completes the pending
 transition's update with ``Q(s, a)``, then moves. After a cut, one extra *flush* tick
 chooses at the last cell, completes the update and ends the episode without moving.
@@ -37,7 +37,7 @@ import jax.numpy as jnp
 from maml2_jax.envs.gridworld import NUM_ACTIONS, GridWorld
 from maml2_jax.errors import ConfigError
 from maml2_jax.core.types import Learner as CoreLearner
-from maml2_jax.learner import Learner
+from maml2_jax.tick_learner import TickLearner
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,8 +119,8 @@ def draw(key: jax.Array, t: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 
 def make_sarsa(world: GridWorld, config: SarsaConfig = SarsaConfig(), log_episodes: int = 10,
-               track_visits: bool = True) -> Learner:
-    """Builds the tabular SARSA :class:`Learner` for ``world``.
+               track_visits: bool = True) -> TickLearner:
+    """Builds the tabular SARSA :class:`~maml2_jax.tick_learner.TickLearner` for ``world``.
 
     Args:
       world: the layout; its tasks are goal cells (``int32`` scalars).
@@ -236,7 +236,7 @@ def make_sarsa(world: GridWorld, config: SarsaConfig = SarsaConfig(), log_episod
         mu = counts / jnp.maximum(agent.last_steps, 1).astype(jnp.float32)
         return (agent.q * mu).reshape(-1)
 
-    return Learner(
+    return TickLearner(
         init_params=init_params,
         start=start,
         tick=tick,

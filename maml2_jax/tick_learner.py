@@ -1,17 +1,19 @@
-"""The learner interface: all the generic MAML² core knows about a learner.
+"""The tick-machine learner interface of the grid world's fast path (:mod:`maml2_jax.lane_maml2`).
 
-A learner is a bundle of pure, *single-lane* functions (no batch axis; the core
-vmaps them over lanes = runs × tasks × …). Adaptation is written as a resumable
-machine advanced one ``tick`` at a time, because the core must interleave its own
+A tick learner is a bundle of pure, *single-lane* functions (no batch axis; the fast
+path vmaps them over lanes = runs × tasks × …). Adaptation is written as a resumable
+machine advanced one ``tick`` at a time, so that the fast path can interleave its own
 work (meta-updates, resets) with the learner's at arbitrary points while many lanes
 with different episode lengths share one compiled loop (see :mod:`maml2_jax.adaptation`).
+The engine's learner interface is :class:`maml2_jax.core.types.Learner`;
+:func:`maml2_jax.learners.sarsa.make_sarsa_learner` puts SARSA behind it.
 
 Terms:
   params: the learner's parameters, any pytree (a Q-table, MLP weights).
   task:   a pytree of arrays describing one task (a goal cell, a target velocity).
   agent:  the full state of one adaptation in progress: current params plus the
           learner's own bookkeeping (exploration schedule, position in the episode,
-          random stream). The core never looks inside it.
+          random stream). The fast path never looks inside it.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ Task = Any
 Agent = Any
 
 
-class Learner(NamedTuple):
+class TickLearner(NamedTuple):
     """Pure functions describing one learner. All act on a single lane.
 
     Attributes:
