@@ -34,16 +34,19 @@ LFS_SEED_OFFSET = 7_919  # LFS initialisations differ from every run's own θ_in
 
 
 def find_runs(path: str) -> list[str]:
-    """``path`` itself if it is a run directory, else its sub-directories that are runs (sorted)."""
+    """``path`` itself if it is a run directory, else every run directory below it (sorted;
+    ``train --seeds S`` puts one per seed in ``OUT/seed_<s>``)."""
     if not os.path.isdir(path):
         raise ConfigError(f"{path} is not a directory")
-    if os.path.isfile(os.path.join(path, "config.json")):
-        return [path]
-    runs = sorted(os.path.join(path, d) for d in os.listdir(path)
-                  if os.path.isfile(os.path.join(path, d, "config.json")))
+    runs = []
+    for root, dirs, names in os.walk(path):
+        if "config.json" in names:
+            runs.append(root)
+            dirs[:] = []  # a run's own subdirectories (its checkpoints) hold no runs
+        dirs.sort()
     if not runs:
         raise ConfigError(f"no training runs (directories with config.json) in {path}")
-    return runs
+    return sorted(runs)
 
 
 def _curve_function(parts, steps: int):

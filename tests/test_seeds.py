@@ -43,6 +43,9 @@ def _check_seeds(algo, tmp_path):
     assert [os.path.basename(r) for r in runs] == ["seed_3", "seed_4"]
     loaded = [deep_training.load_run(r)[0] for r in runs]
     assert [c.seed for c in loaded] == [3, 4] and all(c.seeds == 1 for c in loaded)
+    # A directory of several such outputs is searched below its first level too.
+    everything = deep_evaluation.find_runs(str(tmp_path))
+    assert len(everything) == 4 and all("checkpoint" not in r for r in everything)
 
 
 def test_seeds_axis_maml(tmp_path):
