@@ -16,7 +16,7 @@ def _config(**kwargs):
     return deep_training.TrainConfig(
         env="nav2d-isolated", horizon=10, meta_batch_size=2, pool_size=6, devices=1, checkpoint_every=0,
         policy=PolicyConfig(hidden_sizes=(8,)), inner=PolicyGradientConfig(num_trajectories=4),
-        meta=dataclasses.replace(deep_training.DEEP_SCHEDULE, outer_iterations=3, categories=2, tasks_per_category=2,
+        meta=dataclasses.replace(deep_training.DEEP_SCHEDULE, outer_iterations=1, categories=2, tasks_per_category=2,
                                  classify_every=2), **kwargs)
 
 
@@ -30,9 +30,12 @@ def _check_seeds(algo, tmp_path):
         alone, _ = deep_training.train(_config(algo=algo, seed=3 + s), str(tmp_path / f"alone{s}"))
         start = _flat(deep_training.Parts(_config(algo=algo)).policy.init(jax.random.key(3 + s)))
         mine = jax.tree.map(lambda x: x[s], together)
-        # The same draws and steps; the vmapped program rounds differently from the
-        # single one (measured ≤ 1e-3 of the total update here, amplified by CG and the
-        # line search); another seed's or a shuffled batch would differ by ~100%.
+        # The same draws and the same step; the vmapped program rounds differently from
+        # the single one, and CG and the line search amplify that. One iteration is
+        # compared: over many, the rounding grows like any chaotic training run's
+        # (measured at the customary nav2d config: 1e-4 in the returns at iteration 1,
+        # 8-15% of the update after 10 iterations). Another seed's draws or a shuffled
+        # batch would give a different step altogether (~100%).
         moved = np.linalg.norm(_flat(alone.theta) - start)
         assert moved > 1e-3
         assert np.linalg.norm(_flat(mine.theta) - _flat(alone.theta)) <= 0.05 * moved

@@ -89,7 +89,8 @@ def make_engine(learner: Learner, rule: MetaRule, source: TaskSource, config: Me
       config: N, K_out, K_in, B, modes.
       classifier: the learner whose adaptations give the features (default
         ``learner``; the published grid experiment learns from scratch for longer).
-      jit: compile ``step`` and ``features`` (tests turn it off to compare paths).
+      jit: compile ``step`` and ``features`` (off: to debug them eagerly, or to call
+        them inside a larger compiled function).
     """
     classifier = learner if classifier is None else classifier
     n = config.categories
@@ -104,7 +105,7 @@ def make_engine(learner: Learner, rule: MetaRule, source: TaskSource, config: Me
         source_state = source.init(jax.random.fold_in(wrapped, _counter(SOURCE_COUNTER)))
         pool_size = source_state.truth.shape[0]
         in_use = jnp.arange(pool_size) < source_state.size
-        feature_shape = jax.eval_shape(lambda s: features(s), _skeleton(theta, source_state, pool_size, key))
+        feature_shape = jax.eval_shape(features, _skeleton(theta, source_state, key))
         rule_state = rule.init(theta)
         return RunState(
             theta=theta,
@@ -120,7 +121,8 @@ def make_engine(learner: Learner, rule: MetaRule, source: TaskSource, config: Me
             key=key,
         )
 
-    def _skeleton(theta, source_state, pool_size, key):
+    def _skeleton(theta, source_state, key):
+        # Just what ``features`` reads, to learn the feature size without computing it.
         return RunState(theta, None, None, source_state, None, None, None, None, jnp.int32(0), key)
 
     def category_fn(state, c, start, rule_state_c):
