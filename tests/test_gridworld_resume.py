@@ -27,7 +27,8 @@ def test_resume_after_each_stage_gives_the_uninterrupted_result(tmp_path, capsys
     assert cli.main(["gridworld", *SMALL, "--out", full]) == 0
     expected = _summary(full)
     assert sorted(os.listdir(os.path.join(full, "checkpoint"))) == ["1", "2", "3"]
-    for kept in (1, 2, 3):  # an interrupted run that completed `kept` stages
+    # An interrupted run that completed two stages (the slow test below kills one for real).
+    for kept in (2,):
         part = str(tmp_path / f"after{kept}")
         assert cli.main(["gridworld", *SMALL, "--out", part]) == 0
         for later in range(kept + 1, 4):

@@ -39,7 +39,7 @@ def _outputs(run):
     return {n: open(os.path.join(run, n), "rb").read() for n in names if os.path.exists(os.path.join(run, n))}
 
 
-@pytest.mark.parametrize("algo", ["maml", "maml2"])
+@pytest.mark.parametrize("algo", [pytest.param("maml", marks=pytest.mark.slow), "maml2"])
 def test_paused_and_resumed_run_equals_the_uninterrupted_one(tmp_path, algo):
     config = _config(algo)
     full, paused = str(tmp_path / "full"), str(tmp_path / "paused")

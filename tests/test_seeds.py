@@ -5,6 +5,7 @@ import os
 
 import jax
 import numpy as np
+import pytest
 from jax.flatten_util import ravel_pytree
 
 from maml2_jax import deep_evaluation, deep_training
@@ -55,5 +56,6 @@ def test_seeds_axis_maml(tmp_path):
     _check_seeds("maml", tmp_path)
 
 
+@pytest.mark.slow  # about a minute: three MAML² trainings
 def test_seeds_axis_maml2(tmp_path):
     _check_seeds("maml2", tmp_path)
