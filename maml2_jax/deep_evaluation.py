@@ -25,7 +25,7 @@ import numpy as np
 
 from maml2_jax import deep_training
 from maml2_jax.core.readaptation import adaptation_curve
-from maml2_jax.learners.policy_gradient import PolicyGradientConfig, make_policy_gradient_learner
+from maml2_jax.learners.policy_gradient import make_policy_gradient_learner
 from maml2_jax.errors import ConfigError, check_positive_int
 from maml2_jax.evaluation import band
 

@@ -10,7 +10,6 @@ from flax import serialization
 from maml2_jax import deep_training
 import dataclasses
 
-from maml2_jax.core.config import MetaConfig
 from maml2_jax.errors import ConfigError
 from maml2_jax.learners.policy_gradient import PolicyGradientConfig
 

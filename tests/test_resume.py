@@ -4,16 +4,14 @@ ends bit-identical to the uninterrupted one (parameters, categories, metrics).""
 import dataclasses
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 
-from maml2_jax import cli, deep_training
+from maml2_jax import deep_training
 from maml2_jax.errors import ConfigError
 from maml2_jax.learners.policy_gradient import PolicyGradientConfig
 from maml2_jax.networks import PolicyConfig

@@ -8,7 +8,6 @@ import sys
 import jax
 import numpy as np
 import pytest
-from jax.flatten_util import ravel_pytree
 from jax.sharding import Mesh
 
 from maml2_jax import sharding
