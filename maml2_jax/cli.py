@@ -1,27 +1,36 @@
 """The ``maml2`` command line.
 
-``maml2 gridworld --out DIR`` runs the published tabular experiment (DESIGN §1.1):
-classification, MAML² training, re-adaptation tests, the no-reset ablation, MAML and
-learning from scratch on every run; it prints a table and writes
+``maml2 gridworld --out DIR`` runs the published tabular experiment (Fu et al. 2023,
+the grid world): classification, MAML² training, re-adaptation tests, the no-reset
+ablation, MAML and learning from scratch on every run; it prints a table and writes
 ``DIR/summary.json`` and ``DIR/adaptation.png``.
 
 ``maml2 train --env nav2d --algo {maml,maml2} --out DIR`` meta-trains a neural
 policy (deep track: MAML-TRPO, or deep MAML² with categories) and writes
-``DIR/metrics.jsonl`` and the parameters. ``maml2 evaluate DIR --out EVAL`` adapts the
-runs found in DIR (and learning from scratch) on fresh tasks and writes
-``EVAL/summary.json`` and ``EVAL/adaptation.png``.
+``DIR/metrics.jsonl``, the parameters and ``DIR/summary.json``. ``maml2 evaluate DIR
+--out EVAL`` adapts the runs found in DIR (and learning from scratch) on fresh tasks
+and writes ``EVAL/summary.json`` and ``EVAL/adaptation.png``.
 
-Bad input stops with one line ``maml2: error: ...`` (exit status 2) before anything
-is written.
+Conventions shared by the commands: settings from ``--config FILE`` with flags
+overriding it; progress on stderr (``--quiet`` silences it), results on stdout;
+an ``--out`` holding an earlier run is refused unless ``--overwrite``. Exit status:
+2 and one line ``maml2: error: ...`` for bad input, before anything is written; 1
+for a run that diverged (a NaN or infinity); 130 on Ctrl-C, with one line saying how
+to resume.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import copy
+import io
 import os
+import signal
 import sys
-import tempfile
+import threading
 import time
+import warnings
 
 from maml2_jax.errors import ConfigError
 
@@ -49,6 +58,8 @@ def _groups(text: str) -> tuple[tuple[int, ...], ...]:
             try:
                 if "-" in item:
                     lo, hi = (int(x) for x in item.split("-"))
+                    if hi < lo:
+                        raise argparse.ArgumentTypeError(f"reversed range {item!r} in group list {text!r}")
                     tasks.extend(range(lo, hi + 1))
                 else:
                     tasks.append(int(item))
@@ -100,87 +111,94 @@ def _add_gridworld(sub) -> None:
     p.add_argument("--q-init", type=float, default=s.q_init, help="initial Q value (default %(default)s)")
     p.add_argument("--resume", action="store_true",
                    help="continue the interrupted run in --out after its last completed stage (same flags)")
-    p.add_argument("--quiet", action="store_true", help="print only the final table")
+    _add_output_flags(p, config_file=True)
 
 
-def _gridworld_config(args):
-    from maml2_jax.envs.gridworld import GridWorld
+# Each flag's place in the command's config dataclass (the rest keep their names).
+_GRIDWORLD_PATHS = {"rows": "world.rows", "cols": "world.cols", "walls": "world.walls", "start": "world.start",
+                    "goals": "world.goals", "max_steps": "world.max_steps", "alpha": "sarsa.alpha",
+                    "gamma": "sarsa.gamma", "epsilon": "sarsa.epsilon", "epsilon_decay": "sarsa.epsilon_decay",
+                    "q_init": "sarsa.q_init"}
+_TRAIN_PATHS = {"num_trajectories": "inner.num_trajectories", "inner_steps": "inner.inner_steps",
+                "inner_lr": "inner.inner_lr", "first_order": "inner.first_order", "weight_init": "policy.weight_init",
+                "max_kl": "trpo.max_kl", "cg_iterations": "trpo.cg_iterations"}
+# Flags that steer the command, not the run's settings.
+_CONTROL = {"command", "out", "config", "resume", "overwrite", "quiet", "tensorboard", "distributed"}
+# Every entry each command writes in --out: what --overwrite may replace.
+GRIDWORLD_OUTPUTS = ("config.json", "summary.json", "adaptation.png", "checkpoint", "tensorboard")
+TRAIN_OUTPUTS = ("config.json", "run_config.json", "metrics.jsonl", "params.msgpack", "category_params.msgpack",
+                 "categories.json", "summary.json", "checkpoint", "tensorboard", "seed_*")
+EVALUATE_OUTPUTS = ("config.json", "summary.json", "adaptation.png")
+
+
+def _config(default, args, explicit: dict, paths: dict):
+    """``default`` ← the ``--config`` file ← the flags given on the command line."""
+    import dataclasses
+
+    from maml2_jax.io import config_files
+
+    data = config_files.read(args.config) if args.config is not None else {}
+    top_level = {f.name for f in dataclasses.fields(default)}
+    overrides = {}
+    for dest, value in explicit.items():
+        if dest in _CONTROL:
+            continue
+        path = paths.get(dest, dest)
+        if path.split(".")[0] not in top_level:
+            path = "meta." + dest  # the deep track keeps the shared schedule in one nested field
+        overrides[path] = value
+    return config_files.build(default, data, overrides)
+
+
+def _gridworld_config(args, explicit):
     from maml2_jax.gridworld_experiment import GridworldConfig
-    from maml2_jax.learners.sarsa import SarsaConfig
 
-    world = GridWorld(rows=args.rows, cols=args.cols, walls=args.walls, start=args.start, goals=args.goals,
-                      max_steps=args.max_steps)
-    sarsa = SarsaConfig(alpha=args.alpha, gamma=args.gamma, epsilon=args.epsilon,
-                        epsilon_decay=args.epsilon_decay, q_init=args.q_init)
-    return GridworldConfig(
-        runs=args.runs, seed=args.seed, categories=args.categories, outer_iterations=args.outer_iterations,
-        inner_iterations=args.inner_iterations, maml_iterations=args.maml_iterations,
-        outer_update=args.outer_update, classify_episodes=args.classify_episodes,
-        adapt_episodes=args.adapt_episodes, test_episodes=args.test_episodes, reset_after=args.reset_after,
-        beta=args.beta, world=world, sarsa=sarsa, groups=args.groups,
-    )
+    return _config(GridworldConfig(), args, explicit, _GRIDWORLD_PATHS)
 
 
-def check_writable(out: str) -> None:
-    """Raises ConfigError unless ``out`` is, or can be created as, a writable directory."""
-    path = os.path.abspath(out)
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise ConfigError(f"output path {out} exists and is not a directory")
-    probe = path
-    while not os.path.exists(probe):
-        probe = os.path.dirname(probe)
-    if not os.path.isdir(probe):
-        raise ConfigError(f"output directory {out} is not writable: {probe} is not a directory")
-    try:  # a real write, not os.access: read-only mounts and root both answer truthfully
-        with tempfile.TemporaryFile(dir=probe):
-            pass
-    except OSError as error:
-        raise ConfigError(f"output directory {out} is not writable ({error.strerror})") from None
-
-
-def run_gridworld(args) -> None:
-    """Impure: runs the experiment, prints progress and the table, writes the outputs."""
-    from maml2_jax import evaluation, gridworld_experiment, plotting
-    from maml2_jax.io import files
-
-    config = _gridworld_config(args)
-    check_writable(args.out)
-    stages = {"classify": "learning every task from scratch for its feature",
-              "k-means": "clustering tasks into categories", "train": "meta-training MAML² and MAML",
-              "test": "adapting to every task: MAML², no reset, MAML, LFS"}
-    started = time.perf_counter()
-
-    def progress(stage):
-        if not args.quiet:
-            print(f"[{time.perf_counter() - started:6.1f}s] {stage}: {stages.get(stage, '')}", file=sys.stderr,
-                  flush=True)
-
-    if not args.quiet:
-        print(f"grid world: {config.runs} runs x {config.world.num_tasks} tasks, N={config.categories}, "
-              f"K_out={config.outer_iterations}, K_in={config.inner_iterations}, "
-              f"MAML {config.maml_iterations} it., {config.outer_update} outer update", file=sys.stderr)
+def run_gridworld(args, explicit, status) -> None:
+    """Impure: runs the experiment, prints progress (stderr) and the table (stdout), writes the outputs."""
     import dataclasses
     import json
-    import shutil
 
+    from maml2_jax import evaluation, gridworld_experiment, plotting
+    from maml2_jax.io import files
     from maml2_jax.io.checkpoint import Checkpoints
 
-    os.makedirs(args.out, exist_ok=True)
+    config = _gridworld_config(args, explicit)
+    if not args.out:
+        raise ConfigError("--out: empty path")
     config_path = os.path.join(args.out, "config.json")
-    checkpoint_dir = os.path.join(args.out, "checkpoint")
     saved = json.loads(json.dumps(dataclasses.asdict(config)))  # tuples as lists, as the file has them
     if args.resume:
         try:
             with open(config_path) as f:
                 previous = json.load(f)
         except (OSError, json.JSONDecodeError):
-            raise ConfigError(f"nothing to resume in {args.out} (no readable config.json)") from None
+            raise ConfigError(f"--resume: nothing to resume in {args.out} (no readable config.json)") from None
         if previous != saved:
-            raise ConfigError(f"the run in {args.out} had other settings; resume it with the same flags")
+            raise ConfigError(f"--resume: the run in {args.out} had other settings; resume it with the same flags")
     else:
-        shutil.rmtree(checkpoint_dir, ignore_errors=True)  # a new run never reuses an old run's stages
+        files.claim_directory(args.out, GRIDWORLD_OUTPUTS, args.overwrite)
+        os.makedirs(args.out, exist_ok=True)
         files.write_json(config_path, saved)
-    checkpoints = Checkpoints(checkpoint_dir, keep=len(gridworld_experiment.STAGES) - 1)
+    stages = {"classify": "learning every task from scratch for its feature (compiling first)",
+              "k-means": "clustering tasks into categories",
+              "train": "meta-training MAML² and MAML (compiling first)",
+              "test": "adapting to every task: MAML², no reset, MAML, LFS (compiling first)"}
+    started = time.perf_counter()
+    say = _stderr(args.quiet)
+    status.update(out=args.out, resume=" ".join(["maml2", "gridworld", *_argv_without(status["argv"], "--overwrite"),
+                                                 *([] if args.resume else ["--resume"])]))
+
+    def progress(stage):
+        status["stage"] = stage
+        say(f"[{time.perf_counter() - started:6.1f}s] {stage}: {stages.get(stage, '')}")
+
+    say(f"grid world: {config.runs} runs x {config.world.num_tasks} tasks, N={config.categories}, "
+        f"K_out={config.outer_iterations}, K_in={config.inner_iterations}, "
+        f"MAML {config.maml_iterations} it., {config.outer_update} outer update; writing {args.out}")
+    checkpoints = Checkpoints(os.path.join(args.out, "checkpoint"), keep=len(gridworld_experiment.STAGES) - 1)
     try:
         result = gridworld_experiment.run(config, progress, checkpoints=checkpoints)
     finally:
@@ -188,10 +206,31 @@ def run_gridworld(args) -> None:
     summary = evaluation.summarize(result)
     summary_path = os.path.join(args.out, "summary.json")
     figure_path = os.path.join(args.out, "adaptation.png")
+    if args.tensorboard:
+        _gridworld_events(summary, os.path.join(args.out, "tensorboard"))
     files.write_atomically(figure_path, lambda tmp: plotting.adaptation_figure(summary, tmp))
     files.write_json(summary_path, summary)
     print(evaluation.table(summary))
     print(f"{result.seconds:.1f} s; wrote {summary_path} and {figure_path}")
+
+
+def _argv_without(argv, flag):
+    return [a for a in argv if a != flag]
+
+
+def _gridworld_events(summary: dict, directory: str) -> None:
+    """The experiment's curves as TensorBoard scalars: ``<method>/group_<g>`` at step = episode."""
+    from maml2_jax.io.tensorboard import ScalarWriter
+
+    writer = ScalarWriter(directory)
+    try:
+        episodes = len(next(iter(next(iter(summary["curves"].values())).values())))
+        for e in range(episodes):
+            writer.write(e, {f"{method}/group_{g}": curve[e]
+                             for method, by_group in summary["curves"].items() for g, curve in by_group.items()})
+        writer.write(0, {f"seconds/{stage}": t for stage, t in summary["phase_seconds"].items()})
+    finally:
+        writer.close()
 
 
 # Earlier names of the shared schedule's flags, still accepted.
@@ -279,31 +318,17 @@ def _add_train(sub) -> None:
                    help="multi-host: call jax.distributed.initialize() first (coordinator from the cluster "
                         "environment or JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID) and split "
                         "the tasks over the devices of every host; only process 0 writes")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_output_flags(p, config_file=True)
 
 
-def _train_config(args):
-    from maml2_jax import deep_training
-    from maml2_jax.learners.policy_gradient import PolicyGradientConfig
-    from maml2_jax.networks import PolicyConfig
-    from maml2_jax.trpo import TRPOConfig
+def _train_config(args, explicit):
+    from maml2_jax.deep_training import TrainConfig
 
-    d = deep_training.TrainConfig()
-    return deep_training.TrainConfig(
-        env=args.env, horizon=args.horizon, backend=args.backend, algo=args.algo, rule=args.rule,
-        meta_lr=args.meta_lr, seed=args.seed, seeds=args.seeds, checkpoint_every=args.checkpoint_every,
-        meta_batch_size=args.meta_batch_size, pool_size=args.pool_size, feature=args.feature,
-        curvature_fraction=args.curvature_fraction, devices=args.devices,
-        inner=PolicyGradientConfig(num_trajectories=args.num_trajectories, inner_steps=args.inner_steps,
-                                   inner_lr=args.inner_lr, first_order=args.first_order),
-        trpo=TRPOConfig(max_kl=args.max_kl, cg_iterations=args.cg_iterations),
-        policy=PolicyConfig(weight_init=args.weight_init),
-        meta=meta_from_args(args, d.meta),
-    )
+    return _config(TrainConfig(), args, explicit, _TRAIN_PATHS)
 
 
-def run_train(args) -> None:
-    """Impure: trains (or resumes), shows progress, writes the outputs."""
+def run_train(args, explicit, status) -> None:
+    """Impure: trains (or resumes), shows progress on stderr, writes the outputs."""
     import jax
     from tqdm import tqdm
 
@@ -311,29 +336,46 @@ def run_train(args) -> None:
 
     if args.resume:
         out = args.resume
+        ignored = sorted(set(explicit) - _CONTROL)
+        if ignored or args.config:
+            flag = "--config" if args.config else "--" + ignored[0].replace("_", "-")
+            raise ConfigError(f"{flag}: --resume continues with the run's saved settings; drop {flag}")
         config = deep_training.load_config(out)
     else:
         if not args.out:
-            raise ConfigError("the following arguments are required: --out (or --resume DIR)")
+            raise ConfigError("--out: required (or --resume DIR)")
         out = args.out
-        config = _train_config(args)
+        config = _train_config(args, explicit)
     if args.distributed:
-        jax.distributed.initialize()  # before any computation; jax.devices() then spans every host
+        _initialize_distributed()
     deep_training.mesh_for(config)  # refuse a meta-batch that does not split before writing anything
     writer = not args.distributed or jax.process_index() == 0
     if writer and not args.resume:
-        check_writable(out)
-    bar = tqdm(total=config.iterations, disable=args.quiet or not writer, desc=f"{config.algo} on {config.env}")
+        from maml2_jax.io import files
+
+        files.claim_directory(out, TRAIN_OUTPUTS, args.overwrite)
+    _load_family_quietly(config)
+    status.update(out=out, total=config.iterations, iteration=None, resume=f"maml2 train --resume {out}")
+    say = _stderr(args.quiet or not writer)
+    say(f"{config.algo} on {config.env}: {config.iterations} outer iterations, seed {config.seed}"
+        + (f" (+{config.seeds - 1} more)" if config.seeds > 1 else "") + f"; writing {out}")
+    bar = None
 
     def progress(row):
-        if bar.n == 0 and row["iteration"] > 0:
-            bar.update(row["iteration"])  # a resumed run starts where it stopped
-        shown = {k: f"{row[k]:.1f}" for k in ("pre_return", "post_return") if row.get(k) is not None}
-        bar.set_postfix(**shown)
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=config.iterations, initial=row["iteration"], disable=args.quiet or not writer,
+                       desc=f"{config.algo} on {config.env}", file=sys.stderr)
+        status.update(iteration=row["iteration"] + 1)
+        bar.set_postfix({k: f"{row[k]:.1f}" for k in ("pre_return", "post_return") if row.get(k) is not None})
         bar.update()
 
-    _, histories = deep_training.train(config, out if writer else None, progress, resume=bool(args.resume))
-    bar.close()
+    try:
+        _, histories = deep_training.train(config, out if writer else None, progress, resume=bool(args.resume),
+                                           notify=say, tensorboard=args.tensorboard)
+    finally:
+        if bar is not None:
+            bar.close()
     last = histories[0][-1] if histories[0] else None
     if last is not None and last.get("pre_return") is not None:
         print(f"iteration {last['iteration']}: return {last['pre_return']:.1f} before, "
@@ -349,43 +391,206 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--tasks", type=int, default=40, help="test tasks (default %(default)s)")
     p.add_argument("--steps", type=int, default=3, help="adaptation steps (default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of the test tasks and rollouts (default %(default)s)")
+    _add_output_flags(p, config_file=False)
 
 
-def run_evaluate(args) -> None:
-    """Impure: evaluates, prints a table, writes the outputs."""
-    from maml2_jax import deep_evaluation, plotting
+def _add_output_flags(p, config_file: bool) -> None:
+    """The flags every command shares: where settings come from and how outputs behave."""
+    if config_file:
+        p.add_argument("--config", metavar="FILE",
+                       help="settings from a YAML or JSON file (a run's saved config.json works); "
+                            "flags given on the command line override it")
+        p.add_argument("--tensorboard", action="store_true",
+                       help="also write TensorBoard event files in OUT/tensorboard")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier run in --out (without it such an --out is refused)")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr; stdout holds the results only")
+
+
+def run_evaluate(args, explicit, status) -> None:
+    """Impure: evaluates with a progress bar on stderr, prints a table, writes the outputs."""
+    from tqdm import tqdm
+
+    from maml2_jax import deep_evaluation, deep_training, plotting
     from maml2_jax.io import files
 
-    runs = deep_evaluation.find_runs(args.runs)
-    check_writable(args.out)
-    summary = deep_evaluation.evaluate(runs, args.tasks, args.steps, args.seed)
+    runs = deep_evaluation.find_runs(args.runs, args.out)
+    files.claim_directory(args.out, EVALUATE_OUTPUTS, args.overwrite)
+    _load_family_quietly(deep_training.load_config(runs[0]))  # brax families print chatter on loading
+    loaded = deep_evaluation.load_runs(runs, args.tasks, args.steps, args.seed)  # refuses a damaged run first
+    with tqdm(total=len(runs), desc="evaluating runs", unit="run", disable=args.quiet, file=sys.stderr) as bar:
+        summary = deep_evaluation.evaluate(runs, args.tasks, args.steps, args.seed, progress=lambda _: bar.update(),
+                                           loaded=loaded)
     print(deep_evaluation.table(summary))
     os.makedirs(args.out, exist_ok=True)
+    files.write_json(os.path.join(args.out, "config.json"),
+                     {"runs": runs, "tasks": args.tasks, "steps": args.steps, "seed": args.seed})
     files.write_atomically(os.path.join(args.out, "adaptation.png"), lambda tmp: plotting.return_figure(summary, tmp))
     files.write_json(os.path.join(args.out, "summary.json"), summary)
     print(f"wrote {args.out}/summary.json and adaptation.png")
 
 
-def main(argv=None) -> int:
-    from maml2_jax import sharding
+def _stderr(quiet: bool):
+    """A ``say(line)`` that prints progress lines on stderr (nothing when ``quiet``)."""
+    return lambda line: None if quiet else print(line, file=sys.stderr, flush=True)
 
-    sharding.use_host_cores()  # before JAX starts; no effect on GPU/TPU
+
+@contextlib.contextmanager
+def _silenced():
+    """Sends what dependencies print (Python or C, stdout or stderr) to /dev/null meanwhile."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 1)
+        os.dup2(null, 2)
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in saved + [null]:
+            os.close(fd)
+
+
+def _load_family_quietly(config) -> None:
+    """Builds the run's task family once (it is cached) with brax's and MuJoCo's chatter silenced."""
+    from maml2_jax import envs
+
+    with _silenced():
+        envs.make_task_family(config.env, config.horizon, config.backend)
+
+
+def _initialize_distributed() -> None:
+    import jax
+
+    try:
+        jax.distributed.initialize()
+    except (ValueError, RuntimeError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ConfigError(f"--distributed: cannot join the other processes ({first[:160]}); set "
+                          "JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID, or launch under "
+                          "SLURM or on a TPU pod") from None
+
+
+class _Status(dict):
+    """Where the command is, for the one line Ctrl-C prints."""
+
+    def line(self) -> str:
+        command = self.get("command")
+        if command == "evaluate" or not self.get("resume"):
+            return "maml2: interrupted; nothing was written" if command == "evaluate" else "maml2: interrupted"
+        if command == "gridworld":
+            where = f"in the {self['stage']} stage" if "stage" in self else "while setting up"
+        elif self.get("iteration") is None:
+            where = "before this session's first outer iteration finished (compiling)"
+        else:
+            where = f"after outer iteration {self['iteration']} of {self['total']}"
+        return f"maml2: interrupted {where}; resume from the last checkpoint with: {self['resume']}"
+
+
+class _Interrupts:
+    """Ctrl-C prints one line and exits 130 at once, also during compilation.
+
+    The signal's wake-up byte goes to a pipe that a watcher thread reads, so the
+    exit does not wait for the main thread to leave XLA. ``os._exit`` skips the
+    teardown that crashes when XLA is stopped mid-compile; files are written
+    atomically and checkpoints complete-or-absent, so nothing is left half-written.
+    """
+
+    def __init__(self, status: _Status):
+        self.status = status
+        self.installed = threading.current_thread() is threading.main_thread()
+        if not self.installed:
+            return
+        read, write = os.pipe()
+        os.set_blocking(write, False)
+        self._fds = (read, write)
+        self._old_handler = signal.signal(signal.SIGINT, lambda *_: None)
+        self._old_fd = signal.set_wakeup_fd(write, warn_on_full_buffer=False)
+        threading.Thread(target=self._watch, daemon=True).start()
+
+    def _watch(self):
+        while True:
+            try:
+                data = os.read(self._fds[0], 64)
+            except OSError:
+                return  # closed: the command ended
+            if not data:
+                return
+            if signal.SIGINT in data:
+                # Everyone else's stderr goes quiet first, so no progress bar redraws after the line.
+                terminal = os.dup(2)
+                null = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(null, 2)
+                os.write(terminal, ("\n" + self.status.line() + "\n").encode())
+                os._exit(130)
+
+    def close(self):
+        if self.installed:
+            signal.set_wakeup_fd(self._old_fd)
+            signal.signal(signal.SIGINT, self._old_handler)
+            os.close(self._fds[1])
+            os.close(self._fds[0])
+
+
+def _explicit_flags(parser, argv) -> dict:
+    """The options given on the command line (not defaults): a second parse where every
+    default is "absent"."""
+    quiet = copy.deepcopy(parser)
+    for action in _all_actions(quiet):
+        if action.option_strings and action.dest != "help":
+            action.default = argparse.SUPPRESS
+    return vars(quiet.parse_args(argv))
+
+
+def _all_actions(parser):
+    for action in parser._actions:
+        yield action
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                yield from _all_actions(child)
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="maml2", description="MAML² meta-reinforcement learning in JAX")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_gridworld(sub)
     _add_train(sub)
     _add_evaluate(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    """The ``maml2`` command. Returns the exit status: 0, 2 for bad input, 1 for a
+    diverged run, 130 on Ctrl-C (which exits at once)."""
+    from maml2_jax import sharding
+    from maml2_jax.errors import NonFiniteError
+
+    sharding.use_host_cores()  # before JAX starts; no effect on GPU/TPU
+    argv = sys.argv[1:] if argv is None else list(argv)
+    status = _Status()
+    interrupts = _Interrupts(status)
     try:
-        args = parser.parse_args(argv)
-        if args.command == "gridworld":
-            run_gridworld(args)
-        elif args.command == "train":
-            run_train(args)
-        elif args.command == "evaluate":
-            run_evaluate(args)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # dependencies' deprecation notices are not the user's business
+            parser = build_parser()
+            args = parser.parse_args(argv)
+            explicit = _explicit_flags(parser, argv)
+            status.update(command=args.command, argv=argv)
+            {"gridworld": run_gridworld, "train": run_train, "evaluate": run_evaluate}[args.command](
+                args, explicit, status)
     except ConfigError as error:
         print(f"maml2: error: {error}", file=sys.stderr)
         return 2
+    except NonFiniteError as error:
+        print(f"maml2: error: {error}", file=sys.stderr)
+        return 1
+    finally:
+        interrupts.close()
     return 0
 
 

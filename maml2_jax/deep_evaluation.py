@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from typing import Callable
 
 import jax
 import numpy as np
@@ -26,27 +27,73 @@ import numpy as np
 from maml2_jax import deep_training
 from maml2_jax.core.readaptation import adaptation_curve
 from maml2_jax.learners.policy_gradient import make_policy_gradient_learner
-from maml2_jax.errors import ConfigError, check_positive_int
+from maml2_jax.errors import ConfigError, check_path, check_positive_int, check_seed
 from maml2_jax.evaluation import band
 
 METHODS = ("maml2", "maml2_no_reset", "maml", "lfs")
 LFS_SEED_OFFSET = 7_919  # LFS initialisations differ from every run's own θ_init
 
 
-def find_runs(path: str) -> list[str]:
+# Files only a training run writes: a directory holding one but no config.json is a
+# damaged run, not something to pass over.
+RUN_FILES = ("params.msgpack", "category_params.msgpack", "metrics.jsonl", "categories.json")
+
+
+def find_runs(path: str, out: str | None = None) -> list[str]:
     """``path`` itself if it is a run directory, else every run directory below it (sorted;
-    ``train --seeds S`` puts one per seed in ``OUT/seed_<s>``)."""
+    ``train --seeds S`` puts one per seed in ``OUT/seed_<s>``).
+
+    ConfigError for a path that is empty or not a directory, a directory below it that
+    cannot be read, one holding a run's files without its ``config.json``, no run at
+    all, or an output directory ``out`` (when given) equal to or inside a run: an
+    evaluation never writes into what it reads.
+    """
+    check_path("run directory", path)
     if not os.path.isdir(path):
-        raise ConfigError(f"{path} is not a directory")
+        raise ConfigError(f"run directory {path} is not a directory")
+
+    def unreadable(error: OSError):
+        raise ConfigError(f"run directory {error.filename} cannot be read ({error.strerror})")
+
     runs = []
-    for root, dirs, names in os.walk(path):
+    for root, dirs, names in os.walk(path, onerror=unreadable):
         if "config.json" in names:
-            runs.append(root)
-            dirs[:] = []  # a run's own subdirectories (its checkpoints) hold no runs
+            if not _is_evaluation(root, names):
+                runs.append(root)
+                dirs[:] = []  # a run's own subdirectories (its checkpoints) hold no runs
+        elif "run_config.json" not in names:
+            found = [name for name in RUN_FILES if name in names]
+            if found:
+                raise ConfigError(f"{os.path.join(root, 'config.json')} is missing beside {found[0]}: a damaged run "
+                                  "(restore its config.json or remove the directory)")
         dirs.sort()
     if not runs:
         raise ConfigError(f"no training runs (directories with config.json) in {path}")
+    if out is not None:
+        check_out(out, sorted(runs))
     return sorted(runs)
+
+
+def _is_evaluation(root: str, names) -> bool:
+    """Whether ``root`` is an earlier ``maml2 evaluate`` output (its config.json lists runs)."""
+    if "summary.json" not in names:
+        return False
+    try:
+        with open(os.path.join(root, "config.json"), encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return False  # a damaged config.json: load_run names it
+    return isinstance(data, dict) and "runs" in data and "env" not in data
+
+
+def check_out(out: str, run_dirs: list[str]) -> None:
+    """ConfigError when ``out`` is empty, or is (or lies inside) one of ``run_dirs``."""
+    check_path("--out", out)
+    target = os.path.realpath(out)
+    for run in run_dirs:
+        real = os.path.realpath(run)
+        if target == real or target.startswith(real.rstrip(os.sep) + os.sep):
+            raise ConfigError(f"--out: {out} is inside the run directory {run}; write the evaluation elsewhere")
 
 
 def _curve_function(parts, steps: int):
@@ -73,7 +120,38 @@ def _category_meaning(path: str, num_categories: int) -> list[int]:
             for c in range(num_categories)]
 
 
-def evaluate(run_dirs: list[str], num_tasks: int = 40, steps: int = 3, seed: int = 0) -> dict:
+def load_runs(run_dirs: list[str], num_tasks: int = 40, steps: int = 3, seed: int = 0) -> list[tuple]:
+    """Checks an evaluation's settings and loads its runs, before anything is compiled.
+
+    ConfigError for a bad count or seed, a damaged run (:func:`maml2_jax.deep_training.load_run`
+    names the file), runs that cannot be compared (other task family, horizon or
+    backend) or an evaluation that cannot fit in memory. Returns, per run,
+    ``(config, parts, theta, category_params | None)``.
+    """
+    check_positive_int("number of test tasks", num_tasks)
+    check_positive_int("adaptation steps", steps)
+    check_seed("seed", seed, count=2)  # the tasks' key is key(seed), the rollouts' key(seed + 1)
+    if not run_dirs:
+        raise ConfigError("no runs to evaluate")
+    loaded = [deep_training.load_run(path) for path in run_dirs]
+    envs = {config.env for config, *_ in loaded}
+    if len(envs) != 1:
+        raise ConfigError(f"runs of different task families cannot be compared: {sorted(envs)}")
+    for name in ("horizon", "backend"):  # the same family with other episodes is another benchmark
+        first = getattr(loaded[0][0], name)
+        for path, (config, *_) in zip(run_dirs, loaded):
+            if getattr(config, name) != first:
+                raise ConfigError(f"runs with different {name}s cannot be compared: {first!r} in {run_dirs[0]}, "
+                                  f"{getattr(config, name)!r} in {path}")
+    device = jax.devices()[:1]  # the curves run unsharded, on the default device
+    for path, (config, *_) in zip(run_dirs, loaded):
+        deep_training.check_memory(config, device, what=f"evaluating {path}", tasks=("--tasks", num_tasks),
+                                   steps=("--steps", steps), seeds=1)
+    return loaded
+
+
+def evaluate(run_dirs: list[str], num_tasks: int = 40, steps: int = 3, seed: int = 0,
+             progress: Callable[[str], None] | None = None, loaded: list[tuple] | None = None) -> dict:
     """Adapts every method of every run on ``num_tasks`` test tasks for ``steps`` steps.
 
     Returns the JSON-ready summary: ``env``; ``steps``; ``categories`` {category:
@@ -84,13 +162,14 @@ def evaluate(run_dirs: list[str], num_tasks: int = 40, steps: int = 3, seed: int
     MAML²'s update tendency reset a test task of the first category to a learned
     category whose pool tasks are mostly of the second (summed over runs; the
     diagonal is a right pick); ``tendency_accuracy`` {category: share of right picks}.
+    ``progress`` is called with each run's directory once its curves are computed.
+    ``loaded``: what :func:`load_runs` returned for the same arguments (a caller that
+    shows progress loads first, so a bad run is refused before any output); loaded
+    here when None.
     """
-    check_positive_int("number of test tasks", num_tasks)
-    check_positive_int("adaptation steps", steps)
-    loaded = [deep_training.load_run(path) for path in run_dirs]
+    if loaded is None:
+        loaded = load_runs(run_dirs, num_tasks, steps, seed)
     envs = {config.env for config, *_ in loaded}
-    if len(envs) != 1:
-        raise ConfigError(f"runs of different task families cannot be compared: {sorted(envs)}")
     parts = loaded[0][1]
     tasks, truth = parts.family.sample_tasks(jax.random.key(seed), num_tasks)
     truth = np.asarray(truth)
@@ -124,6 +203,8 @@ def evaluate(run_dirs: list[str], num_tasks: int = 40, steps: int = 3, seed: int
             fresh = run_parts.policy.init(jax.random.key(config.seed + LFS_SEED_OFFSET))
             per_task["lfs"].append(jax.device_get(curves(fresh, None, tasks, key, reset=False))[0])
             runs["lfs"].append(f"seed {config.seed}")
+        if progress is not None:
+            progress(path)
     categories = sorted({int(c) for c in truth})
     summary = {"env": envs.pop(), "steps": steps, "seed": seed,
                "categories": {str(c): int(np.sum(truth == c)) for c in categories},

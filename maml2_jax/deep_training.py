@@ -19,8 +19,11 @@ per core).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import functools
 import json
+import math
 import os
 import time
 from typing import Callable
@@ -36,9 +39,11 @@ from maml2_jax.core import train as engine_lib
 from maml2_jax.core import task_sources
 from maml2_jax.core.config import MetaConfig
 from maml2_jax.core.types import RunState
-from maml2_jax.errors import ConfigError, check_positive_int
+from maml2_jax.errors import (ConfigError, check_choice, check_float, check_non_negative_int, check_positive_int,
+                              check_seed)
 from maml2_jax.io import files
 from maml2_jax.io.checkpoint import Checkpoints
+from maml2_jax.io.tensorboard import ScalarWriter
 from maml2_jax.learners.policy_gradient import (FEATURES, PolicyGradientConfig, make_policy_gradient_adapter,
                                                 make_policy_gradient_learner)
 from maml2_jax.networks import PolicyConfig, make_gaussian_policy
@@ -49,6 +54,8 @@ from maml2_jax.trpo import TRPOConfig
 ALGORITHMS = ("maml", "maml2")
 RULES = ("trpo", "adam", "sgd")
 CHECKPOINT_DIR = "checkpoint"
+# Seeds of a run (and their key offsets, + 1000003 and + 7919) stay below 2**31.
+SEED_LIMIT = 2**31 - 2**20
 
 # The deep track's schedule. It differs from the published tabular rule (sequential,
 # θ_c ← θ) in two measured choices: categories vmapped in parallel, and θ_c kept
@@ -105,6 +112,8 @@ class TrainConfig:
     def __post_init__(self):
         if self.env not in envs.family_names():
             raise ConfigError(f"unknown env {self.env!r}; choose from {', '.join(envs.family_names())}")
+        if not isinstance(self.backend, str):
+            raise ConfigError(f"backend must be a string, got {self.backend!r}")
         if self.backend:
             from maml2_jax.envs import brax_tasks
 
@@ -113,27 +122,25 @@ class TrainConfig:
             if self.backend not in brax_tasks.BACKENDS:
                 raise ConfigError(f"unknown brax backend {self.backend!r}; valid: {', '.join(brax_tasks.BACKENDS)}")
         if isinstance(self.horizon, bool) or not isinstance(self.horizon, int) or self.horizon < 0:
-            raise ConfigError(f"horizon must be a positive integer (0: the family's default), got {self.horizon}")
-        if self.algo not in ALGORITHMS:
-            raise ConfigError(f"algo must be one of {', '.join(ALGORITHMS)}, got {self.algo!r}")
-        if self.rule not in RULES:
-            raise ConfigError(f"rule must be one of {', '.join(RULES)}, got {self.rule!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**31 - 2**20:
-            raise ConfigError(f"seed must be an integer in [0, 2**31 - 2**20), got {self.seed!r}")
+            raise ConfigError(f"horizon must be a positive integer (0: the family's default), got {self.horizon!r}")
+        check_choice("algo", self.algo, ALGORITHMS)
+        check_choice("rule", self.rule, RULES)
         check_positive_int("seeds", self.seeds)
+        # Run s uses keys of seed + s and seed + s + 1000003 (evaluation: + 7919); all stay
+        # below 2**31, distinct and in what jax.random.key takes.
+        check_seed("seed", self.seed, count=self.seeds, limit=SEED_LIMIT)
         check_positive_int("meta-batch size", self.meta_batch_size)
         check_positive_int("pool size", self.pool_size)
-        if self.feature not in FEATURES:
-            raise ConfigError(f"feature must be one of {', '.join(FEATURES)}, got {self.feature!r}")
-        if not 0.0 < self.meta_lr < float("inf"):
-            raise ConfigError(f"meta learning rate must be positive and finite, got {self.meta_lr}")
-        if not 0.0 < self.curvature_fraction <= 1.0:
-            raise ConfigError(f"curvature fraction must be in (0, 1], got {self.curvature_fraction}")
-        if isinstance(self.devices, bool) or not isinstance(self.devices, int) or self.devices < 0:
-            raise ConfigError(f"devices must be a non-negative integer, got {self.devices!r}")
-        if isinstance(self.checkpoint_every, bool) or not isinstance(self.checkpoint_every, int) \
-                or self.checkpoint_every < 0:
-            raise ConfigError(f"checkpoint every must be a non-negative integer, got {self.checkpoint_every!r}")
+        check_choice("feature", self.feature, FEATURES)
+        object.__setattr__(self, "meta_lr", check_float("meta learning rate", self.meta_lr, low=0, low_open=True))
+        object.__setattr__(self, "curvature_fraction",
+                           check_float("curvature fraction", self.curvature_fraction, 0, 1, low_open=True))
+        check_non_negative_int("devices", self.devices)
+        check_non_negative_int("checkpoint every", self.checkpoint_every)
+        for name, kind in (("policy", PolicyConfig), ("inner", PolicyGradientConfig), ("trpo", TRPOConfig),
+                           ("meta", MetaConfig)):
+            if not isinstance(getattr(self, name), kind):
+                raise ConfigError(f"{name} must be a {kind.__name__}, got {type(getattr(self, name)).__name__}")
         if self.algo == "maml2" and self.meta.categories > self.pool_size:
             raise ConfigError(f"cannot make {self.meta.categories} categories of a pool of {self.pool_size} tasks")
 
@@ -158,22 +165,116 @@ class TrainConfig:
     def from_dict(data: dict) -> "TrainConfig":
         """Inverse of ``dataclasses.asdict`` (reads a run's ``config.json``)."""
         nested = {"policy": PolicyConfig, "inner": PolicyGradientConfig, "trpo": TRPOConfig, "meta": MetaConfig}
+        if not isinstance(data, dict):
+            raise ConfigError(f"not a training run's config (a JSON object), but {type(data).__name__}")
+        unknown = sorted(set(data) - {f.name for f in dataclasses.fields(TrainConfig)})
+        if unknown:
+            raise ConfigError(f"not a training run's config: unknown setting {unknown[0]!r}")
+        fields = {}
         try:
-            fields = {k: (nested[k](**v) if k in nested else v) for k, v in data.items()}
-            if "policy" in fields and isinstance(fields["policy"].hidden_sizes, list):
-                fields["policy"] = dataclasses.replace(fields["policy"],
-                                                       hidden_sizes=tuple(fields["policy"].hidden_sizes))
+            for k, v in data.items():
+                if k in nested:
+                    if not isinstance(v, dict):
+                        raise ConfigError(f"{k} must be an object of settings, got {v!r}")
+                    names = {f.name for f in dataclasses.fields(nested[k])}
+                    if set(v) - names:
+                        raise ConfigError(f"{k}: unknown setting {min(set(v) - names)!r}")
+                    v = nested[k](**v)
+                fields[k] = v
             return TrainConfig(**fields)
-        except TypeError as error:
-            raise ConfigError(f"config.json does not describe a training run ({error})") from None
+        except TypeError as error:  # a value of a type no check foresaw
+            raise ConfigError(f"not a training run's config ({error})") from None
+
+
+def memory_estimate(config: TrainConfig, tasks: tuple[str, int] | None = None,
+                    steps: tuple[str, int] | None = None, seeds: int | None = None) -> tuple[int, dict]:
+    """A lower bound on the bytes one compiled step of ``config`` holds at once.
+
+    Counts only the rollouts: for every seed, every task in flight, every inner step
+    and the outer batch (``K + 1``), every trajectory and every step of the horizon, the
+    float32 activations the loss's gradient needs (two per hidden unit: before and after
+    the nonlinearity) and a few scalars (observation, action, reward, advantage). The
+    compiled program holds more (XLA's temporaries, TRPO's linearisation), so a config
+    this refuses cannot fit; one it accepts may still run out.
+
+    Args:
+      config: the run.
+      tasks: ``(flag, count)`` of tasks in flight, if not the run's own (evaluation).
+      steps: ``(flag, K)`` of adaptation steps, if not ``config.inner.inner_steps``.
+      seeds: seeds side by side, if not ``config.seeds``.
+
+    Returns:
+      ``(bytes, factors)``: the estimate and its factors ``{flag: size}``.
+    """
+    from maml2_jax.envs import brax_tasks, nav2d
+
+    default_horizon = nav2d.Nav2dConfig().horizon if config.env in nav2d.TASK_FAMILIES \
+        else brax_tasks.BraxTaskConfig().horizon
+    if tasks is None:
+        if config.algo == "maml2":
+            parallel = config.meta.categories if config.meta.outer_update == "parallel" else 1
+            # The classification adapts the whole pool at once, a category step B tasks
+            # of every category (parallel) or of one.
+            tasks = max(("--pool-size", config.pool_size),
+                        ("--tasks-per-category", config.meta.tasks_per_category * parallel), key=lambda f: f[1])
+        else:
+            tasks = ("--meta-batch-size", config.meta_batch_size)
+    flag, k = steps if steps is not None else ("--inner-steps", config.inner.inner_steps)
+    factors = {"--seeds": config.seeds if seeds is None else seeds, tasks[0]: tasks[1], flag: k + 1,
+               "--num-trajectories": config.inner.num_trajectories, "--horizon": config.horizon or default_horizon}
+    floats_per_step = 2 * sum(config.policy.hidden_sizes) + 8
+    return 4 * floats_per_step * math.prod(factors.values()), factors
+
+
+def device_memory(devices=None) -> tuple[int, str]:
+    """``(bytes, what)``: the memory of ``devices`` (default: every visible one) together;
+    for CPU devices, which share it, this host's memory. Initialises JAX's backend."""
+    devices = jax.devices() if devices is None else list(devices)
+    limits = []
+    for device in devices:
+        try:
+            stats = device.memory_stats()
+        except (RuntimeError, NotImplementedError):  # a backend that does not report
+            stats = None
+        if not stats or not stats.get("bytes_limit"):
+            break
+        limits.append(int(stats["bytes_limit"]))
+    else:
+        return sum(limits), f"{len(devices)} {devices[0].platform} device{'s' if len(devices) > 1 else ''}"
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "this host's memory"
+
+
+def check_memory(config: TrainConfig, devices=None, what: str = "the run", **sizes) -> None:
+    """ConfigError when :func:`memory_estimate` (``sizes`` are its keyword arguments) is
+    more than :func:`device_memory` of ``devices`` (default: the run's devices). Call it
+    before compiling (and after ``jax.distributed.initialize``): it asks JAX for devices."""
+    if devices is None:
+        devices = jax.devices()
+        devices = devices[:config.devices] if config.devices else devices
+    needed, factors = memory_estimate(config, **sizes)
+    available, where = device_memory(devices)
+    if needed > available:
+        largest = max(factors, key=factors.get)
+        product = " x ".join(f"{value} ({name.lstrip('-').replace('-', ' ')})" for name, value in factors.items())
+        raise ConfigError(f"{what} needs at least {_gib(needed)} of memory, more than the {_gib(available)} of "
+                          f"{where} ({product}); lower {largest} ({factors[largest]})")
+
+
+def _gib(size: int) -> str:
+    return f"{size / 2**30:.3g} GiB"
 
 
 def mesh_for(config: TrainConfig):
-    """The task mesh of the run (None on one device); ConfigError if the tasks do not split."""
+    """The task mesh of the run (None on one device).
+
+    ConfigError if the tasks do not split over the devices, or if the run clearly
+    cannot fit in their memory (:func:`check_memory`): both before anything compiles.
+    """
     devices = jax.devices()
     count = len(devices) if config.devices == 0 else config.devices
     if count > len(devices):
         raise ConfigError(f"asked for {count} devices but only {len(devices)} are visible")
+    check_memory(config, devices[:count])
     if count == 1:
         return None
     mesh = sharding.task_mesh(devices[:count])
@@ -214,6 +315,23 @@ class Parts:
         if self.config.seeds == 1:
             return states[0]
         return jax.tree.map(lambda *xs: jnp.stack(xs), *states)
+
+
+@functools.lru_cache(maxsize=4)
+def _parts_without_seed(config: TrainConfig, mesh) -> Parts:
+    return Parts(config, mesh)
+
+
+def shared_parts(config: TrainConfig, mesh=None) -> Parts:
+    """:class:`Parts` of ``config``, built once per setting that shapes the compiled step.
+
+    The seed and the checkpoint period do not, so runs differing only in those share
+    one engine, and the second run in a process (a notebook, a test, ``evaluate``)
+    reuses the first one's compiled step instead of compiling it again.
+    """
+    parts = copy.copy(_parts_without_seed(dataclasses.replace(config, seed=0, checkpoint_every=0), mesh))
+    parts.config = config  # init_seeds reads the run's own seeds
+    return parts
 
 
 def _row(i: int, metrics: dict, seconds: float, classified: bool, labels=None) -> dict:
@@ -257,56 +375,77 @@ def _read_metrics(path: str, before: int) -> list[dict]:
 
 
 def train(config: TrainConfig, out: str | None = None, progress: Callable[[dict], None] | None = None,
-          resume: bool = False, stop_after: int | None = None):
+          resume: bool = False, stop_after: int | None = None, notify: Callable[[str], None] | None = None,
+          tensorboard: bool = False):
     """Runs the meta-training. Impure: writes to ``out`` (nothing when None).
 
     Per seed directory (:func:`seed_dirs`): ``config.json`` (written first),
     ``metrics.jsonl`` (a strict-JSON line per outer iteration), and at the end
     ``params.msgpack`` (θ), for MAML² ``category_params.msgpack`` (θ_c stacked) and
     ``categories.json`` (the pool, its labels at every classification, the pool's
-    ground-truth categories). ``out/checkpoint/`` holds the whole run state every
-    ``checkpoint_every`` iterations and at the end.
+    ground-truth categories) and ``summary.json`` (the last row, wall time, the files).
+    ``out/checkpoint/`` holds the whole run state every ``checkpoint_every``
+    iterations and at the end. With ``tensorboard``, every scalar of every row also
+    goes to TensorBoard event files in ``<seed dir>/tensorboard/``.
+
+    A step that produces a NaN or an infinity (θ, θ_c, the rule state or any metric)
+    raises :class:`~maml2_jax.errors.NonFiniteError` before anything of that step is
+    logged, checkpointed or saved.
 
     Args:
       config: the run.
       out: output directory, or None for no files.
       progress: called with each iteration's row (seed 0's with several seeds).
       resume: continue from the newest checkpoint in ``out`` (its ``config.json``
-        must equal ``config``).
+        must equal ``config``); a run stopped before its first checkpoint starts over.
       stop_after: stop after this many outer iterations in all (a pause; resume later).
+      notify: called with a line about each phase ("compiling …", "compiled in …").
+      tensorboard: also write TensorBoard event files.
 
     Returns:
       ``(state, history)``: the final :class:`~maml2_jax.core.types.RunState`
       (``[S, ...]`` with several seeds) and, per seed, the list of metric rows.
     """
     mesh = mesh_for(config)
-    parts = Parts(config, mesh)
+    parts = shared_parts(config, mesh)
     state = parts.init_seeds()
     dirs = seed_dirs(out, config) if out is not None else []
     histories = [[] for _ in range(config.seeds)]
+    if resume and out is None:
+        raise ConfigError("resume needs an output directory")
+    if resume and not os.path.isfile(os.path.join(dirs[0], "config.json")):  # every started run has one
+        raise ConfigError(f"nothing to resume in {out}: no complete checkpoint and no started run")
     checkpoints = Checkpoints(os.path.join(out, CHECKPOINT_DIR)) if out is not None else None
-    if resume:
-        if checkpoints is None:
-            raise ConfigError("resume needs an output directory")
-        state, record = checkpoints.restore(state)
-        done = int(record.get("iteration", -1))
-        if done != int(np.asarray(state.iteration).reshape(-1)[0]):
-            raise ConfigError(f"checkpoint in {out} is inconsistent (record says iteration {done})")
-        histories = [_read_metrics(os.path.join(d, "metrics.jsonl"), done) for d in dirs]
-    elif out is not None:
-        os.makedirs(out, exist_ok=True)
-        if config.seeds > 1:
-            files.write_json(os.path.join(out, "run_config.json"), dataclasses.asdict(config))
-        for d in dirs:
-            os.makedirs(d, exist_ok=True)
-            for stale in ("params.msgpack", "category_params.msgpack", "categories.json"):
-                if os.path.exists(os.path.join(d, stale)):
-                    os.remove(os.path.join(d, stale))
-            seed_config = dataclasses.replace(config, seed=config.seed + dirs.index(d), seeds=1) \
-                if config.seeds > 1 else config
-            files.write_json(os.path.join(d, "config.json"), dataclasses.asdict(seed_config))
+    try:
+        if resume and checkpoints.latest() is not None:
+            state, record = checkpoints.restore(state)
+            done = int(record.get("iteration", -1))
+            if done != int(np.asarray(state.iteration).reshape(-1)[0]):
+                raise ConfigError(f"checkpoint in {out} is inconsistent (record says iteration {done})")
+            histories = [_read_metrics(os.path.join(d, "metrics.jsonl"), done) for d in dirs]
+        elif out is not None:
+            os.makedirs(out, exist_ok=True)
+            if config.seeds > 1:
+                files.write_json(os.path.join(out, "run_config.json"), dataclasses.asdict(config))
+            for d in dirs:
+                os.makedirs(d, exist_ok=True)
+                for stale in ("params.msgpack", "category_params.msgpack", "categories.json", "summary.json"):
+                    if os.path.exists(os.path.join(d, stale)):
+                        os.remove(os.path.join(d, stale))
+                seed_config = dataclasses.replace(config, seed=config.seed + dirs.index(d), seeds=1) \
+                    if config.seeds > 1 else config
+                files.write_json(os.path.join(d, "config.json"), dataclasses.asdict(seed_config))
+    except BaseException:
+        if checkpoints is not None:
+            checkpoints.close()  # orbax's manager holds threads; a refused resume must not leak them
+        raise
     logs = [files.MetricsLog(os.path.join(d, "metrics.jsonl"), histories[s]) for s, d in enumerate(dirs)]
+    boards = [ScalarWriter(os.path.join(d, "tensorboard")) for d in dirs] if tensorboard else []
     stop = config.iterations if stop_after is None else min(stop_after, config.iterations)
+    started = time.perf_counter()
+    if notify is not None and int(np.asarray(state.iteration).reshape(-1)[0]) < stop:
+        notify("compiling the outer iteration (once per run) …")
+        notify(f"compiled in {engine_lib.compile_steps(parts.engine, state, config.seeds > 1):.1f} s")
     last = [time.perf_counter()]
 
     def callback(state, metrics, classified):
@@ -322,6 +461,8 @@ def train(config: TrainConfig, out: str | None = None, progress: Callable[[dict]
             histories[s].append(row)
             if logs:
                 logs[s].append(row)
+            if boards:
+                boards[s].write(i, row)
         last[0] = now
         if progress is not None:
             progress(histories[0][-1])
@@ -333,19 +474,19 @@ def train(config: TrainConfig, out: str | None = None, progress: Callable[[dict]
     try:
         state = engine_lib.run(parts.engine, state, stop, callback, seeds=config.seeds > 1)
     finally:
-        for log in logs:
-            log.close()
+        for closing in logs + boards:
+            closing.close()
         if checkpoints is not None:
             checkpoints.close()
     if out is not None and int(np.asarray(state.iteration).reshape(-1)[0]) == config.iterations:
         for s, d in enumerate(dirs):
             one = state if config.seeds == 1 else jax.tree.map(lambda x: x[s], state)
-            _save(d, config, one, histories[s])
+            _save(d, config, one, histories[s], time.perf_counter() - started)
     return state, histories
 
 
-def _save(out: str, config: TrainConfig, state: RunState, history: list[dict]) -> None:
-    """The final outputs of one seed (atomic writes)."""
+def _save(out: str, config: TrainConfig, state: RunState, history: list[dict], seconds: float) -> None:
+    """The final outputs of one seed (atomic writes; ``summary.json`` last, so it marks a finished run)."""
     if config.algo == "maml2":
         files.write_bytes(os.path.join(out, "category_params.msgpack"), serialization.to_bytes(state.category_params))
         categories = {"pool": np.asarray(state.source.pool).tolist(),
@@ -354,37 +495,132 @@ def _save(out: str, config: TrainConfig, state: RunState, history: list[dict]) -
                                           for row in history if row.get("classified")]}
         files.write_json(os.path.join(out, "categories.json"), categories)
     files.write_bytes(os.path.join(out, "params.msgpack"), serialization.to_bytes(state.theta))
+    written = sorted(name for name in os.listdir(out) if not name.startswith("."))
+    summary = {"algo": config.algo, "env": config.env, "seed": config.seed, "iterations": config.iterations,
+               "final": history[-1] if history else None, "seconds_this_session": seconds,
+               "files": written + ["summary.json"]}
+    files.write_json(os.path.join(out, "summary.json"), summary)
 
 
 def load_config(out: str) -> TrainConfig:
-    """The whole run's config saved in ``out`` (``run_config.json`` with several seeds)."""
+    """The whole run's config saved in ``out`` (``run_config.json`` with several seeds).
+
+    ConfigError, naming the file, when it is missing, unreadable or not a valid config.
+    """
     for name in ("run_config.json", "config.json"):
         path = os.path.join(out, name)
         if os.path.isfile(path):
-            try:
-                with open(path) as f:
-                    data = json.load(f)
-            except (OSError, json.JSONDecodeError) as error:
-                raise ConfigError(f"{path} cannot be read ({error})") from None
-            if not isinstance(data, dict):
-                raise ConfigError(f"{path} does not describe a training run")
-            return TrainConfig.from_dict(data)
+            return _read_config(path)
     raise ConfigError(f"{out} is not a training run (no config.json)")
 
 
+def _read_config(path: str) -> TrainConfig:
+    data = _read_json(path)
+    if isinstance(data, dict) and not {"env", "algo"} <= set(data):
+        raise ConfigError(f"{path} is not a training run's config (it has no env or algo)")
+    try:
+        return TrainConfig.from_dict(data)
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from None
+
+
+def _read_json(path: str):
+    """The strict-JSON content of ``path``; ConfigError naming the file if it is not that."""
+
+    def refuse(token):
+        raise ValueError(f"{token} is not strict JSON")
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f, parse_constant=refuse)
+    except OSError as error:
+        raise ConfigError(f"{path} cannot be read ({error.strerror})") from None
+    except (ValueError, RecursionError) as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ConfigError(f"{path} is damaged: not valid JSON ({_first_line(error)})") from None
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return (text.splitlines()[0] if text else type(error).__name__)[:120]
+
+
 def load_run(path: str):
-    """Reads a ``train`` output directory: ``(config, parts, theta, category_params | None)``."""
-    if not os.path.isfile(os.path.join(path, "config.json")):
+    """Reads a ``train`` output directory: ``(config, parts, theta, category_params | None)``.
+
+    Every file is checked before anything is compiled: ``config.json`` (a valid config
+    of one seed), ``metrics.jsonl`` (strict JSON, one row per outer iteration, all of
+    them: a finished run), ``params.msgpack`` (θ of the config's shapes, finite) and
+    for MAML² ``category_params.msgpack`` and ``categories.json``. A missing or damaged
+    one is a ConfigError naming it.
+    """
+    config_path = os.path.join(path, "config.json")
+    if not os.path.isfile(config_path):
         raise ConfigError(f"{path} is not a training run (no config.json)")
-    config = load_config(path)
-    parts = Parts(config)
+    config = _read_config(config_path)
+    if config.seeds != 1:
+        raise ConfigError(f"{config_path} describes {config.seeds} seeds, but a run directory holds one "
+                          "(evaluate the seed_<s> directories below the run)")
+    _check_metrics(os.path.join(path, "metrics.jsonl"), config.iterations)
+    parts = shared_parts(config)
     template = parts.policy.init(jax.random.key(0))
     theta = _read_msgpack(os.path.join(path, "params.msgpack"), template)
     category_params = None
     if config.algo == "maml2":
         stacked = jax.tree.map(lambda x: jnp.broadcast_to(x, (config.meta.categories,) + x.shape), template)
         category_params = _read_msgpack(os.path.join(path, "category_params.msgpack"), stacked)
+        _check_categories(os.path.join(path, "categories.json"), config, parts.family.num_categories)
     return config, parts, theta, category_params
+
+
+def _check_metrics(path: str, iterations: int) -> None:
+    """ConfigError unless ``path`` holds one strict-JSON row per outer iteration, in order."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"{path} is missing: not a complete training run")
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().split("\n")
+    except OSError as error:
+        raise ConfigError(f"{path} cannot be read ({error.strerror})") from None
+    except ValueError:
+        raise ConfigError(f"{path} is damaged: not text") from None
+    if lines[-1]:
+        raise ConfigError(f"{path} is damaged: its last line is cut short")
+    rows = lines[:-1]
+
+    def refuse(token):
+        raise ValueError(f"{token} is not strict JSON")
+
+    for i, line in enumerate(rows):
+        try:
+            row = json.loads(line, parse_constant=refuse)
+        except (ValueError, RecursionError) as error:
+            raise ConfigError(f"{path} is damaged: line {i + 1} is not strict JSON ({_first_line(error)})") from None
+        if not isinstance(row, dict) or row.get("iteration") != i or isinstance(row.get("iteration"), bool):
+            raise ConfigError(f"{path} is damaged: line {i + 1} is not the row of outer iteration {i}")
+    if len(rows) != iterations:
+        raise ConfigError(f"{path} holds {len(rows)} of the run's {iterations} outer iterations: not a finished run")
+
+
+def _check_categories(path: str, config: TrainConfig, num_truth: int) -> None:
+    """ConfigError unless ``path`` is a MAML² run's ``categories.json`` matching ``config``."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"{path} is missing: not a complete MAML² run")
+    record = _read_json(path)
+
+    def labels(value, bound) -> bool:
+        return isinstance(value, list) and len(value) == config.pool_size and all(
+            isinstance(v, int) and not isinstance(v, bool) and 0 <= v < bound for v in value)
+
+    if not isinstance(record, dict) or not isinstance(record.get("pool"), list) \
+            or len(record["pool"]) != config.pool_size:
+        raise ConfigError(f"{path} is damaged: no pool of {config.pool_size} tasks")
+    if not labels(record.get("pool_categories"), num_truth):
+        raise ConfigError(f"{path} is damaged: pool_categories is not one category in 0..{num_truth - 1} per task")
+    classifications = record.get("classifications")
+    if not isinstance(classifications, list) or not classifications or not all(
+            isinstance(c, dict) and labels(c.get("labels"), config.meta.categories) for c in classifications):
+        raise ConfigError(f"{path} is damaged: classifications do not label the pool with "
+                          f"categories 0..{config.meta.categories - 1}")
 
 
 def _read_msgpack(path: str, template):
@@ -393,9 +629,14 @@ def _read_msgpack(path: str, template):
     try:
         with open(path, "rb") as f:
             restored = serialization.from_bytes(template, f.read())
+        got, want = jax.tree.leaves(restored), jax.tree.leaves(template)
+        if len(got) != len(want) or any(np.shape(a) != np.shape(b) for a, b in zip(got, want)):
+            raise ConfigError(f"{path} does not match the run's config (other parameter shapes)")
+        arrays = [np.asarray(a, np.float32) for a in got]
+    except ConfigError:
+        raise
     except Exception as error:  # msgpack and flax raise several types for damaged bytes
-        raise ConfigError(f"{path} cannot be read ({type(error).__name__})") from None
-    for got, want in zip(jax.tree.leaves(restored), jax.tree.leaves(template)):
-        if np.shape(got) != np.shape(want):
-            raise ConfigError(f"{path} does not match the run's config")
+        raise ConfigError(f"{path} is damaged: it cannot be read as parameters ({type(error).__name__})") from None
+    if not all(np.isfinite(a).all() for a in arrays):
+        raise ConfigError(f"{path} holds non-finite parameters (NaN or infinity): the run diverged")
     return jax.tree.map(jnp.asarray, restored)

@@ -19,6 +19,7 @@ MAML² and its no-reset ablation share their first episode exactly.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from typing import Callable
 
@@ -30,7 +31,8 @@ from maml2_jax import adaptation, lane_maml2, sharding
 from maml2_jax.core import classification
 from maml2_jax.core.config import MetaConfig
 from maml2_jax.envs.gridworld import PUBLISHED_GOALS, PUBLISHED_GROUPS, GridWorld
-from maml2_jax.errors import ConfigError, check_positive_int
+from maml2_jax.errors import (INT32_MAX, ConfigError, NonFiniteError, check_float, check_int, check_positive_int,
+                              check_seed)
 from maml2_jax.learners.sarsa import SarsaConfig, make_sarsa
 
 METHODS = ("maml2", "maml2_no_reset", "maml", "lfs")
@@ -80,8 +82,11 @@ class GridworldConfig:
     def __post_init__(self):
         for name in ("runs", "categories", "classify_episodes", "maml_iterations", "test_episodes", "reset_after"):
             check_positive_int(name.replace("_", " "), getattr(self, name))
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ConfigError(f"seed must be an integer, got {self.seed!r}")
+        check_seed("seed", self.seed)
+        if not isinstance(self.world, GridWorld):
+            raise ConfigError(f"world must be a GridWorld, got {type(self.world).__name__}")
+        if not isinstance(self.sarsa, SarsaConfig):
+            raise ConfigError(f"sarsa must be a SarsaConfig, got {type(self.sarsa).__name__}")
         num_tasks = self.world.num_tasks
         if not 1 <= self.categories <= num_tasks:
             raise ConfigError(f"categories must be between 1 and the number of tasks ({num_tasks}), got {self.categories}")
@@ -90,16 +95,19 @@ class GridworldConfig:
                 f"need 1 <= reset_after < test_episodes, got reset_after={self.reset_after}, "
                 f"test_episodes={self.test_episodes}"
             )
+        # θ ← θ + β (mean of the category's adapted θ_i − θ): for β >= 2 a step never
+        # brings θ closer to that mean, so the schedule cannot settle.
+        object.__setattr__(self, "beta", check_float("beta", self.beta, 0, 2, low_open=True, high_open=True))
+        object.__setattr__(self, "stop_tolerance", check_float("stop tolerance", self.stop_tolerance, low=0))
+        check_positive_int("adapt episodes", self.adapt_episodes)
+        # The action choices of one adaptation are counted in int32 (they key its draws).
+        episodes = max(self.classify_episodes, self.adapt_episodes, self.test_episodes)
+        if episodes * (self.world.max_steps + 1) > INT32_MAX:
+            raise ConfigError(f"{episodes} episodes of up to {self.world.max_steps} max steps exceed the int32 "
+                              f"count of action choices ({INT32_MAX}); lower the episodes or max steps")
         self.schedule()  # validates the meta-training settings
         if self.groups is not None:
-            groups = tuple(tuple(int(t) for t in g) for g in self.groups)
-            object.__setattr__(self, "groups", groups)
-            for group in groups:
-                if not group:
-                    raise ConfigError("a reporting group is empty")
-                for t in group:
-                    if not 0 <= t < num_tasks:
-                        raise ConfigError(f"group names task {t}, but the tasks are 0..{num_tasks - 1}")
+            object.__setattr__(self, "groups", _check_groups(self.groups, num_tasks))
 
     def schedule(self) -> lane_maml2.Schedule:
         return lane_maml2.Schedule(
@@ -119,6 +127,30 @@ class GridworldConfig:
         if self.world.goals == PUBLISHED_GOALS:
             return PUBLISHED_GROUPS
         return tuple((t,) for t in range(self.world.num_tasks))
+
+
+def _check_groups(groups, num_tasks: int) -> tuple[tuple[int, ...], ...]:
+    """The reporting groups as tuples; ConfigError for an empty group, a task id off
+    ``0..num_tasks-1``, or a task named twice (in one group or in two)."""
+    if isinstance(groups, (str, bytes)) or not hasattr(groups, "__iter__"):
+        raise ConfigError(f"groups must be a sequence of task-id groups, got {groups!r}")
+    checked, seen = [], set()
+    for group in groups:
+        if isinstance(group, (str, bytes)) or not hasattr(group, "__iter__"):
+            raise ConfigError(f"each of the groups must be a sequence of task ids, got {group!r}")
+        group = tuple(check_int("group task id", t) for t in group)
+        if not group:
+            raise ConfigError("a reporting group is empty; groups need at least one task id each")
+        for t in group:
+            if not 0 <= t < num_tasks:
+                raise ConfigError(f"group names task {t}, but the tasks are 0..{num_tasks - 1}")
+            if t in seen:
+                raise ConfigError(f"groups name task {t} twice; a task belongs to one group")
+            seen.add(t)
+        checked.append(group)
+    if not checked:
+        raise ConfigError("groups is empty; give at least one group of task ids")
+    return tuple(checked)
 
 
 @dataclasses.dataclass
@@ -248,6 +280,21 @@ def categorize(features, keys, categories: int) -> np.ndarray:
 STAGES = ("classify", "k-means", "train", "test")
 
 
+@functools.lru_cache(maxsize=4)
+def _shared_build(config: GridworldConfig, mesh):
+    """:func:`build` once per setting: the run count and seed only change the inputs, so a
+    second experiment in a process (a notebook, the tests) reuses the compiled stages."""
+    return build(config, mesh)
+
+
+def _check_finite(stage: str, outputs) -> None:
+    """Stops the experiment at the stage whose Q-tables or features went non-finite."""
+    for path, value in jax.tree_util.tree_flatten_with_path(outputs)[0]:
+        if np.issubdtype(value.dtype, np.inexact) and not np.all(np.isfinite(value)):
+            raise NonFiniteError(f"non-finite values (output {jax.tree_util.keystr(path)}) in the {stage} stage; "
+                                 "stopped before saving it (check the learning rates and the initial Q value)")
+
+
 def run(config: GridworldConfig, progress: Callable[[str], None] | None = None,
         mesh: jax.sharding.Mesh | None = None, checkpoints=None) -> GridworldResult:
     """Runs the whole experiment. Impure: host k-means, timing, ``progress`` calls, checkpoints.
@@ -266,7 +313,8 @@ def run(config: GridworldConfig, progress: Callable[[str], None] | None = None,
     say = progress or (lambda message: None)
     started = time.perf_counter()
     mesh = sharding.run_mesh() if mesh is None else mesh
-    classify, train, test = build(config, mesh if mesh.size > 1 else None)
+    classify, train, test = _shared_build(dataclasses.replace(config, runs=1, seed=0),
+                                          mesh if mesh.size > 1 else None)
     keys = sharding.pad_runs(run_keys(config.seed, config.runs), mesh.size)
     phases = {}
     outputs = {}  # stage outputs, as NumPy arrays: what a checkpoint holds
@@ -292,6 +340,7 @@ def run(config: GridworldConfig, progress: Callable[[str], None] | None = None,
         say(name)
         t0 = time.perf_counter()
         outputs[name] = jax.tree.map(np.asarray, jax.block_until_ready(compute()))
+        _check_finite(name, outputs[name])
         phases[name] = time.perf_counter() - t0
         if checkpoints is not None and index < len(STAGES) - 1:
             checkpoints.save(index + 1, outputs, {"phase_seconds": phases})

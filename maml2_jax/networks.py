@@ -20,7 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from maml2_jax.errors import ConfigError, check_positive_int
+from maml2_jax.errors import ConfigError, check_choice, check_float, check_positive_int
 
 _ACTIVATIONS = {"tanh": jnp.tanh, "relu": jax.nn.relu}
 # Weight initialisers of the hidden and output layers (biases start at zero).
@@ -47,14 +47,15 @@ class PolicyConfig:
     weight_init: str = "lecun_normal"
 
     def __post_init__(self):
-        object.__setattr__(self, "hidden_sizes", tuple(self.hidden_sizes))
-        for width in self.hidden_sizes:
-            check_positive_int("hidden layer width", width)
-        if self.activation not in _ACTIVATIONS:
-            raise ConfigError(f"activation must be one of {', '.join(_ACTIVATIONS)}, got {self.activation!r}")
-        if self.weight_init not in _WEIGHT_INITS:
-            raise ConfigError(f"weight_init must be one of {', '.join(_WEIGHT_INITS)}, got {self.weight_init!r}")
-        if not self.init_std > self.min_std > 0:
+        sizes = self.hidden_sizes
+        if isinstance(sizes, (str, bytes)) or not hasattr(sizes, "__iter__"):
+            raise ConfigError(f"hidden_sizes must be a sequence of layer widths, got {sizes!r}")
+        object.__setattr__(self, "hidden_sizes", tuple(check_positive_int("hidden layer width", w) for w in sizes))
+        check_choice("activation", self.activation, tuple(_ACTIVATIONS))
+        check_choice("weight_init", self.weight_init, tuple(_WEIGHT_INITS))
+        for name in ("init_std", "min_std"):
+            object.__setattr__(self, name, check_float(name, getattr(self, name), low=0, low_open=True))
+        if not self.init_std > self.min_std:
             raise ConfigError(f"need init_std > min_std > 0, got {self.init_std} and {self.min_std}")
 
 

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-from maml2_jax.errors import ConfigError, check_positive_int
+from maml2_jax.errors import check_float, check_positive_int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,14 +50,12 @@ class TRPOConfig:
     line_search_ratio: float = 0.8
 
     def __post_init__(self):
-        if not self.max_kl > 0:
-            raise ConfigError(f"max KL must be positive, got {self.max_kl}")
+        object.__setattr__(self, "max_kl", check_float("max KL", self.max_kl, low=0, low_open=True))
         check_positive_int("CG iterations", self.cg_iterations)
         check_positive_int("line search steps", self.line_search_steps)
-        if self.cg_damping < 0:
-            raise ConfigError(f"CG damping must be non-negative, got {self.cg_damping}")
-        if not 0 < self.line_search_ratio < 1:
-            raise ConfigError(f"line search ratio must be in (0, 1), got {self.line_search_ratio}")
+        object.__setattr__(self, "cg_damping", check_float("CG damping", self.cg_damping, low=0))
+        object.__setattr__(self, "line_search_ratio", check_float("line search ratio", self.line_search_ratio, 0, 1,
+                                                                  low_open=True, high_open=True))
 
 
 def conjugate_gradient(matvec: Callable, b: jax.Array, iterations: int) -> tuple[jax.Array, jax.Array]:

@@ -283,7 +283,7 @@ def test_isolated_fraction_is_honoured():
     [
         ({"backend": "bullet"}, "unknown brax backend 'bullet'"),
         ({"horizon": 0}, "horizon must be a positive integer"),
-        ({"horizon": 2.5}, "horizon must be a positive integer"),
+        ({"horizon": 2.5}, "horizon must be an integer"),
         ({"ctrl_cost_weight": -0.1}, "ctrl_cost_weight must be a finite non-negative number"),
         ({"ctrl_cost_weight": True}, "ctrl_cost_weight must be a finite non-negative number"),
         ({"ctrl_cost_weight": float("nan")}, "ctrl_cost_weight must be a finite non-negative number"),

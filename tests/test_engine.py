@@ -116,21 +116,25 @@ def test_sequential_mode_moves_theta_after_each_category(tiny):
 
 
 def test_one_category_is_maml_exactly_in_every_mode(tiny):
-    """N = 1 is a single code path: both outer updates and both category inits give
-    MAML's parameters bit for bit, and they match the rule applied by hand."""
+    """N = 1 is a single code path: both outer updates trace to the same program, both
+    category inits give MAML's parameters bit for bit (θ_c starts from θ or from the
+    θ_c that equals it), and the step is the rule applied by hand."""
     theta = tiny[5]
     results = []
-    for mode in ("parallel", "sequential"):
-        for init in ("persistent", "global"):
+    for init in ("persistent", "global"):
+        programs = []
+        for mode in ("parallel", "sequential"):
             engine = _engine(tiny, categories=1, inner_iterations=1, outer_update=mode, category_init=init)
             state = engine.init(jax.random.key(10), theta)
             assert bool(state.members.all())  # one category holds the whole pool
-            state, _ = engine.step(state)
-            results.append(np.asarray(ravel_pytree(state.theta)[0]))
-            np.testing.assert_array_equal(ravel_pytree(state.category_params)[0], results[-1])
-            assert engine.step._cache_size() == 1  # no retracing across iterations
-    for other in results[1:]:
-        np.testing.assert_array_equal(other, results[0])
+            programs.append(str(jax.make_jaxpr(engine.step)(state)))
+        assert programs[0] == programs[1]  # one program: compiled once below, not twice
+        state, _ = engine.step(state)
+        results.append(np.asarray(ravel_pytree(state.theta)[0]))
+        np.testing.assert_array_equal(ravel_pytree(state.category_params)[0], results[-1])
+        engine.step(state)
+        assert engine.step._cache_size() == 1  # no retracing across iterations
+    np.testing.assert_array_equal(results[1], results[0])
     state = engine.init(jax.random.key(10), theta)
     by_hand = _by_hand(tiny, state, 0, theta, 1, 1)
     _same_step(by_hand, ravel_pytree_inverse(theta, results[0]), theta)

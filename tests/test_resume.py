@@ -20,9 +20,10 @@ TINY = ["--horizon", "5", "--num-trajectories", "2", "--meta-batch-size", "2", "
         "--tasks-per-category", "2", "--categories", "2", "--classify-every", "2", "--devices", "1", "--quiet"]
 
 
-def _config(algo, iterations=5):
+def _config(algo, iterations=5, rule="trpo"):
     return deep_training.TrainConfig(
-        env="nav2d-isolated", algo=algo, horizon=5, meta_batch_size=2, pool_size=6, devices=1, checkpoint_every=2,
+        env="nav2d-isolated", algo=algo, rule=rule, horizon=5, meta_batch_size=2, pool_size=6, devices=1,
+        checkpoint_every=2,
         policy=PolicyConfig(hidden_sizes=(8,)), inner=PolicyGradientConfig(num_trajectories=2),
         meta=dataclasses.replace(deep_training.DEEP_SCHEDULE, outer_iterations=iterations, categories=2,
                                  tasks_per_category=2, classify_every=2))
@@ -37,9 +38,12 @@ def _outputs(run):
     return {n: open(os.path.join(run, n), "rb").read() for n in names if os.path.exists(os.path.join(run, n))}
 
 
-@pytest.mark.parametrize("algo", [pytest.param("maml", marks=pytest.mark.slow), "maml2"])
-def test_paused_and_resumed_run_equals_the_uninterrupted_one(tmp_path, algo):
-    config = _config(algo)
+# MAML² with Adam by default: its moments are rule state the checkpoint must carry (and
+# Adam compiles faster than TRPO); MAML-TRPO resumes in the slow run, and killed runs below.
+@pytest.mark.parametrize("algo, rule", [pytest.param("maml", "trpo", marks=pytest.mark.slow),
+                                        pytest.param("maml2", "trpo", marks=pytest.mark.slow), ("maml2", "adam")])
+def test_paused_and_resumed_run_equals_the_uninterrupted_one(tmp_path, algo, rule):
+    config = _config(algo, rule=rule)
     full, paused = str(tmp_path / "full"), str(tmp_path / "paused")
     state_full, _ = deep_training.train(config, full)
     deep_training.train(config, paused, stop_after=3)  # checkpoint at 2; iteration 2's line is redone

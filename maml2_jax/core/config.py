@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from maml2_jax.core.outer_update import CATEGORY_INITS, OUTER_UPDATES
-from maml2_jax.errors import ConfigError, check_positive_int
+from maml2_jax.errors import check_choice, check_float, check_non_negative_int, check_positive_int
 
 CLASSIFY_FROM = ("theta", "init")
 
@@ -54,15 +54,8 @@ class MetaConfig:
     def __post_init__(self):
         for name in ("categories", "outer_iterations", "inner_iterations", "tasks_per_category"):
             check_positive_int(name.replace("_", " "), getattr(self, name))
-        if isinstance(self.classify_every, bool) or not isinstance(self.classify_every, int) \
-                or self.classify_every < 0:
-            raise ConfigError(f"classify every must be a non-negative integer, got {self.classify_every!r}")
-        if self.outer_update not in OUTER_UPDATES:
-            raise ConfigError(f"outer update must be one of {', '.join(OUTER_UPDATES)}, got {self.outer_update!r}")
-        if self.category_init not in CATEGORY_INITS:
-            raise ConfigError(f"category init must be one of {', '.join(CATEGORY_INITS)}, "
-                              f"got {self.category_init!r}")
-        if self.classify_from not in CLASSIFY_FROM:
-            raise ConfigError(f"classify from must be one of {', '.join(CLASSIFY_FROM)}, got {self.classify_from!r}")
-        if not self.stop_tolerance >= 0:  # also refuses NaN
-            raise ConfigError(f"stop tolerance must be non-negative, got {self.stop_tolerance}")
+        check_non_negative_int("classify every", self.classify_every)
+        check_choice("outer update", self.outer_update, OUTER_UPDATES)
+        check_choice("category init", self.category_init, CATEGORY_INITS)
+        check_choice("classify from", self.classify_from, CLASSIFY_FROM)
+        object.__setattr__(self, "stop_tolerance", check_float("stop tolerance", self.stop_tolerance, low=0))

@@ -41,7 +41,7 @@ from jax.flatten_util import ravel_pytree
 from maml2_jax.core import category_meta, classification, outer_update
 from maml2_jax.core.config import MetaConfig
 from maml2_jax.core.types import Learner, MetaRule, RunState, TaskSource, stack_copies
-from maml2_jax.errors import ConfigError
+from maml2_jax.errors import NonFiniteError
 
 SOURCE_COUNTER = 0xB0000000
 KMEANS_COUNTER = 0xC0000000
@@ -173,8 +173,8 @@ def classify(state: RunState, features) -> RunState:
     features = np.asarray(features, np.float64)[:size]
     if not np.all(np.isfinite(features)):
         bad = int(np.sum(~np.all(np.isfinite(features), axis=1)))
-        raise ConfigError(f"{bad} of {size} pool tasks have non-finite classification features "
-                                 "(the adaptation diverged): lower the inner step size")
+        raise NonFiniteError(f"non-finite classification features of {bad} of {size} pool tasks before outer "
+                             f"iteration {_iteration(state)} (the adaptation diverged): lower the inner step size")
     previous = np.asarray(state.centroids) if bool(state.classified) else None
     labels, centroids = classification.classify(features, n, kmeans_seed(state), previous)
     pool_size = state.labels.shape[0]
@@ -230,9 +230,50 @@ def run(engine: Engine, state: RunState, iterations: int | None = None, callback
             else:
                 state = classify(state, f)
         state, metrics = step(state)
+        bad = [name for name, ok in jax.device_get(_finite(state, metrics)).items() if not ok]
+        if bad:
+            raise NonFiniteError(f"non-finite {', '.join(bad)} in outer iteration {i}; stopped before saving "
+                                 "it (lower the step sizes)")
         if callback is not None:
             callback(state, metrics, classified)
     return state
+
+
+def compile_steps(engine: Engine, state: RunState, seeds: bool = False) -> float:
+    """Compiles the step (and, with N > 1, the features) for ``state``; returns the seconds.
+
+    Optional: :func:`run` would compile on its first step anyway. Calling this first
+    lets a host show compilation as its own phase; the executables land in JAX's
+    cache, so the loop then reuses them.
+    """
+    import time
+
+    started = time.perf_counter()
+    step, features = _vmapped(engine) if seeds else (engine.step, engine.features)
+    if not hasattr(step, "lower"):  # an engine built with jit=False has nothing to compile
+        return 0.0
+    step.lower(state).compile()
+    if engine.config.categories > 1:
+        features.lower(state).compile()
+    return time.perf_counter() - started
+
+
+@jax.jit
+def _finite(state: RunState, metrics) -> dict:
+    """Whether θ, θ_c, the rule state and each metric hold only finite numbers (all seeds).
+
+    The guard of :func:`run`: one small reduction per step, so a diverged run stops at
+    the step that diverged, before anything of it is logged or checkpointed.
+    """
+
+    def ok(tree):
+        floats = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+        return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in floats])) if floats else jnp.bool_(True)
+
+    flags = {"θ": ok(state.theta), "θ_c": ok(state.category_params), "rule state": ok(state.rule_state)}
+    for path, value in jax.tree_util.tree_flatten_with_path(metrics)[0]:
+        flags[jax.tree_util.keystr(path, simple=True, separator="/")] = ok(value)
+    return flags
 
 
 @functools.lru_cache(maxsize=None)

@@ -16,7 +16,7 @@ import dataclasses
 
 import numpy as np
 
-from maml2_jax.errors import ConfigError, check_positive_int
+from maml2_jax.errors import INT32_MAX, ConfigError, check_int, check_positive_int
 
 NUM_ACTIONS = 4
 # (row, col) offsets of up, down, left, right.
@@ -50,32 +50,40 @@ class GridWorld:
     max_steps: int = 1000
 
     def __post_init__(self):
-        object.__setattr__(self, "walls", tuple(int(w) for w in self.walls))
-        object.__setattr__(self, "goals", tuple(int(g) for g in self.goals))
-        for name in ("rows", "cols", "start", "max_steps"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise ConfigError(f"{name.replace('_', ' ')} must be an integer, got {value!r}")
+        for name in ("walls", "goals"):
+            cells = getattr(self, name)
+            if isinstance(cells, (str, bytes)) or not hasattr(cells, "__iter__"):
+                raise ConfigError(f"{name} must be a sequence of cell numbers, got {cells!r}")
+            object.__setattr__(self, name, tuple(check_int(f"{name[:-1]} cell", c) for c in cells))
         check_positive_int("rows", self.rows)
         check_positive_int("cols", self.cols)
+        check_int("start", self.start)
+        # Cells and step counters are int32 inside the compiled programs.
+        check_int("max steps", self.max_steps, low=1, high=INT32_MAX)
         n = self.num_states
+        if n > INT32_MAX:
+            raise ConfigError(f"a {self.rows}x{self.cols} grid has {n} cells, more than the {INT32_MAX} int32 "
+                              "cell numbers hold")
         for w in self.walls:
             if not 0 <= w < n:
-                raise ConfigError(f"wall cell {w} is off the {self.rows}x{self.cols} grid")
+                raise ConfigError(f"wall cell {w} is off the {self.rows}x{self.cols} grid (cells 0..{n - 1})")
         if not 0 <= self.start < n:
-            raise ConfigError(f"start cell {self.start} is off the {self.rows}x{self.cols} grid")
+            raise ConfigError(f"start cell {self.start} is off the {self.rows}x{self.cols} grid (cells 0..{n - 1})")
         if self.start in self.walls:
             raise ConfigError(f"start cell {self.start} is a wall")
         if not self.goals:
             raise ConfigError("at least one goal cell is needed")
+        seen = set()
         for g in self.goals:
             if not 0 <= g < n:
-                raise ConfigError(f"goal cell {g} is off the {self.rows}x{self.cols} grid")
+                raise ConfigError(f"goal cell {g} is off the {self.rows}x{self.cols} grid (cells 0..{n - 1})")
             if g in self.walls:
                 raise ConfigError(f"goal cell {g} is a wall")
             if g == self.start:
                 raise ConfigError(f"goal cell {g} is the start cell")
-        check_positive_int("max steps", self.max_steps)
+            if g in seen:  # two tasks with one goal are one task counted twice
+                raise ConfigError(f"goal cell {g} is given twice; each goal is one task")
+            seen.add(g)
         reachable = _reachable(self.next_cell_table(), self.start)
         for g in self.goals:
             if not reachable[g]:

@@ -28,7 +28,7 @@ from jax.flatten_util import ravel_pytree
 
 from maml2_jax import returns, rollout
 from maml2_jax.core.types import Learner
-from maml2_jax.errors import ConfigError, check_positive_int
+from maml2_jax.errors import ConfigError, check_float, check_positive_int
 from maml2_jax.networks import GaussianPolicy
 
 
@@ -57,12 +57,13 @@ class PolicyGradientConfig:
     def __post_init__(self):
         check_positive_int("number of trajectories", self.num_trajectories)
         check_positive_int("inner steps", self.inner_steps)
-        if not self.inner_lr > 0:
-            raise ConfigError(f"inner learning rate must be positive, got {self.inner_lr}")
-        if not 0.0 <= self.discount <= 1.0:
-            raise ConfigError(f"discount must be in [0, 1], got {self.discount}")
-        if not 0.0 <= self.gae_lambda <= 1.0:
-            raise ConfigError(f"GAE lambda must be in [0, 1], got {self.gae_lambda}")
+        # No upper cap on α: a step size that diverges is caught when the loss does.
+        object.__setattr__(self, "inner_lr", check_float("inner learning rate", self.inner_lr, low=0, low_open=True))
+        object.__setattr__(self, "discount", check_float("discount", self.discount, 0, 1))
+        object.__setattr__(self, "gae_lambda", check_float("GAE lambda", self.gae_lambda, 0, 1))
+        for name in ("normalize_advantages", "first_order"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name.replace('_', ' ')} must be true or false, got {getattr(self, name)!r}")
 
 
 class Batch(NamedTuple):

@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 
 from maml2_jax.envs.gridworld import NUM_ACTIONS, GridWorld
-from maml2_jax.errors import ConfigError
+from maml2_jax.errors import check_float
 from maml2_jax.core.types import Learner as CoreLearner
 from maml2_jax.tick_learner import TickLearner
 
@@ -59,14 +59,11 @@ class SarsaConfig:
     q_init: float = 0.5
 
     def __post_init__(self):
-        if not 0.0 < self.alpha <= 1.0:
-            raise ConfigError(f"alpha must be in (0, 1], got {self.alpha}")
-        if not 0.0 <= self.gamma <= 1.0:
-            raise ConfigError(f"gamma must be in [0, 1], got {self.gamma}")
-        if not 0.0 <= self.epsilon <= 1.0:
-            raise ConfigError(f"epsilon must be in [0, 1], got {self.epsilon}")
-        if not 0.0 < self.epsilon_decay <= 1.0:
-            raise ConfigError(f"epsilon_decay must be in (0, 1], got {self.epsilon_decay}")
+        unit, open_unit = {"low": 0, "high": 1}, {"low": 0, "high": 1, "low_open": True}
+        checks = {"alpha": open_unit, "gamma": unit, "epsilon": unit, "epsilon_decay": open_unit,
+                  "q_init": {}}  # any finite float32 value
+        for name, bounds in checks.items():
+            object.__setattr__(self, name, check_float(name.replace("_", " "), getattr(self, name), **bounds))
 
 
 class SarsaAgent(NamedTuple):

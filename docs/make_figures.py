@@ -1,0 +1,76 @@
+"""Regenerates every figure in docs/.
+
+    .venv/bin/python docs/make_figures.py              # both figures
+    .venv/bin/python docs/make_figures.py nav2d        # only the one that needs no run
+
+- ``docs/adaptation.png``: the default grid-world experiment (50 runs, the published
+  configuration), run here: ``gridworld_experiment.run(GridworldConfig())``, then
+  ``evaluation.summarize``. About 50 s on a 2-core AMD EPYC CPU.
+- ``docs/nav2d_isolated.png``: from the stored evaluation summary
+  ``benchmarks/results/nav2d_isolated-eval-engine.json`` (what ``maml2 evaluate``
+  wrote for 5 seeds of MAML² and MAML on nav2d-isolated; see docs/results.md), so no
+  hour of training is needed.
+
+Impure: runs the experiment, writes the PNGs (atomically) and prints what it did.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
+NAV2D_SUMMARY = ROOT / "benchmarks" / "results" / "nav2d_isolated-eval-engine.json"
+
+
+def gridworld() -> pathlib.Path:
+    """``docs/adaptation.png`` from a fresh run of the default grid-world experiment."""
+    from maml2_jax import evaluation, gridworld_experiment, plotting
+    from maml2_jax.io import files
+
+    started = time.perf_counter()
+    result = gridworld_experiment.run(gridworld_experiment.GridworldConfig(),
+                                      progress=lambda stage: print(f"  grid world: {stage} …", file=sys.stderr))
+    summary = evaluation.summarize(result)
+    print(evaluation.table(summary))
+    path = DOCS / "adaptation.png"
+    files.write_atomically(str(path), lambda tmp: plotting.adaptation_figure(summary, tmp))
+    print(f"wrote {path.relative_to(ROOT)} ({time.perf_counter() - started:.0f} s)")
+    return path
+
+
+def nav2d() -> pathlib.Path:
+    """``docs/nav2d_isolated.png`` from the stored ``maml2 evaluate`` summary."""
+    from maml2_jax import deep_evaluation, plotting
+    from maml2_jax.io import files
+
+    summary = json.loads(NAV2D_SUMMARY.read_text())
+    print(deep_evaluation.table(summary))
+    path = DOCS / "nav2d_isolated.png"
+    files.write_atomically(str(path), lambda tmp: plotting.return_figure(summary, tmp))
+    print(f"wrote {path.relative_to(ROOT)} (from {NAV2D_SUMMARY.relative_to(ROOT)})")
+    return path
+
+
+FIGURES = {"gridworld": gridworld, "nav2d": nav2d}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description="Regenerates the figures in docs/.")
+    parser.add_argument("figures", nargs="*", metavar="FIGURE",
+                        help=f"which to make ({', '.join(FIGURES)}; default: all)")
+    args = parser.parse_args(argv)
+    unknown = [name for name in args.figures if name not in FIGURES]
+    if unknown:
+        parser.error(f"unknown figure {unknown[0]!r}; choose from {', '.join(FIGURES)}")
+    for name in args.figures or FIGURES:
+        FIGURES[name]()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
