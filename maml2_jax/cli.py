@@ -168,6 +168,7 @@ def run_gridworld(args, explicit, status) -> None:
     config = _gridworld_config(args, explicit)
     if not args.out:
         raise ConfigError("--out: empty path")
+    gridworld_experiment.check_memory(config)
     config_path = os.path.join(args.out, "config.json")
     saved = json.loads(json.dumps(dataclasses.asdict(config)))  # tuples as lists, as the file has them
     if args.resume:

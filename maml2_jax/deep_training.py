@@ -226,33 +226,15 @@ def memory_estimate(config: TrainConfig, tasks: tuple[str, int] | None = None,
     return 4 * floats_per_step * math.prod(factors.values()), factors
 
 
-def device_memory(devices=None) -> tuple[int, str]:
-    """``(bytes, what)``: the memory of ``devices`` (default: every visible one) together;
-    for CPU devices, which share it, this host's memory. Initialises JAX's backend."""
-    devices = jax.devices() if devices is None else list(devices)
-    limits = []
-    for device in devices:
-        try:
-            stats = device.memory_stats()
-        except (RuntimeError, NotImplementedError):  # a backend that does not report
-            stats = None
-        if not stats or not stats.get("bytes_limit"):
-            break
-        limits.append(int(stats["bytes_limit"]))
-    else:
-        return sum(limits), f"{len(devices)} {devices[0].platform} device{'s' if len(devices) > 1 else ''}"
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "this host's memory"
-
-
 def check_memory(config: TrainConfig, devices=None, what: str = "the run", **sizes) -> None:
     """ConfigError when :func:`memory_estimate` (``sizes`` are its keyword arguments) is
-    more than :func:`device_memory` of ``devices`` (default: the run's devices). Call it
+    more than :func:`~maml2_jax.sharding.device_memory` of ``devices`` (default: the run's devices). Call it
     before compiling (and after ``jax.distributed.initialize``): it asks JAX for devices."""
     if devices is None:
         devices = jax.devices()
         devices = devices[:config.devices] if config.devices else devices
     needed, factors = memory_estimate(config, **sizes)
-    available, where = device_memory(devices)
+    available, where = sharding.device_memory(devices)
     if needed > available:
         largest = max(factors, key=factors.get)
         product = " x ".join(f"{value} ({name.lstrip('-').replace('-', ' ')})" for name, value in factors.items())

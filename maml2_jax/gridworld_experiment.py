@@ -30,7 +30,7 @@ import numpy as np
 from maml2_jax import adaptation, lane_maml2, sharding
 from maml2_jax.core import classification
 from maml2_jax.core.config import MetaConfig
-from maml2_jax.envs.gridworld import PUBLISHED_GOALS, PUBLISHED_GROUPS, GridWorld
+from maml2_jax.envs.gridworld import NUM_ACTIONS, PUBLISHED_GOALS, PUBLISHED_GROUPS, GridWorld
 from maml2_jax.errors import (INT32_MAX, ConfigError, NonFiniteError, check_float, check_int, check_positive_int,
                               check_seed)
 from maml2_jax.learners.sarsa import SarsaConfig, make_sarsa
@@ -278,6 +278,22 @@ def categorize(features, keys, categories: int) -> np.ndarray:
 
 
 STAGES = ("classify", "k-means", "train", "test")
+
+
+def check_memory(config: GridworldConfig, devices=None) -> None:
+    """ConfigError, before anything compiles, when the experiment's Q-tables alone exceed
+    the memory of ``devices`` (default: every visible one).
+
+    A lower bound: every run holds a Q-table and a visit table (float32, states ×
+    actions) per task for each of the four tested methods at once.
+    """
+    tables = config.runs * config.world.num_tasks * len(METHODS)
+    needed = 2 * 4 * tables * config.world.num_states * NUM_ACTIONS
+    available, where = sharding.device_memory(devices)
+    if needed > available:
+        raise ConfigError(f"the experiment needs at least {needed / 2**30:.3g} GiB for its Q-tables, more than the "
+                          f"{available / 2**30:.3g} GiB of {where} ({config.runs} runs x {tables // config.runs} "
+                          f"tables x {config.world.num_states} cells); lower --runs or the grid size")
 
 
 @functools.lru_cache(maxsize=4)

@@ -105,3 +105,21 @@ def pad_runs(tree, multiple: int):
         return jnp.concatenate([x, jnp.repeat(x[-1:], missing, axis=0)])
 
     return jax.tree.map(pad, tree)
+
+
+def device_memory(devices=None) -> tuple[int, str]:
+    """``(bytes, what)``: the memory of ``devices`` (default: every visible one) together;
+    for CPU devices, which share it, this host's memory. Initialises JAX's backend."""
+    devices = jax.devices() if devices is None else list(devices)
+    limits = []
+    for device in devices:
+        try:
+            stats = device.memory_stats()
+        except (RuntimeError, NotImplementedError):  # a backend that does not report
+            stats = None
+        if not stats or not stats.get("bytes_limit"):
+            break
+        limits.append(int(stats["bytes_limit"]))
+    else:
+        return sum(limits), f"{len(devices)} {devices[0].platform} device{'s' if len(devices) > 1 else ''}"
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "this host's memory"

@@ -29,6 +29,12 @@ PUBLISHED_GOALS = (39, 48, 69, 79, 78, 77, 99, 98, 97, 90)
 PUBLISHED_GROUPS = ((0, 1), (2, 3, 4, 5, 6, 7, 8), (9,))
 
 
+# A tabular task beyond this many cells is not a grid world SARSA learns in 2000
+# episodes, and its layout checks (reachability, a table per cell) would take
+# gigabytes before anything runs; the int32 cell numbers would hold 2**31 - 1.
+MAX_CELLS = 2**20
+
+
 @dataclasses.dataclass(frozen=True)
 class GridWorld:
     """A grid-world layout and its task set (one task per goal cell).
@@ -61,9 +67,9 @@ class GridWorld:
         # Cells and step counters are int32 inside the compiled programs.
         check_int("max steps", self.max_steps, low=1, high=INT32_MAX)
         n = self.num_states
-        if n > INT32_MAX:
-            raise ConfigError(f"a {self.rows}x{self.cols} grid has {n} cells, more than the {INT32_MAX} int32 "
-                              "cell numbers hold")
+        if n > MAX_CELLS:
+            raise ConfigError(f"a {self.rows}x{self.cols} grid has {n} cells; tabular learning here takes at most "
+                              f"{MAX_CELLS} (rows x cols)")
         for w in self.walls:
             if not 0 <= w < n:
                 raise ConfigError(f"wall cell {w} is off the {self.rows}x{self.cols} grid (cells 0..{n - 1})")
