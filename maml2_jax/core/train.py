@@ -31,6 +31,7 @@ one compiled program; :func:`run` does that when given ``seeds=True``.
 from __future__ import annotations
 
 import functools
+import time
 from typing import Callable, NamedTuple
 
 import jax
@@ -215,6 +216,10 @@ def run(engine: Engine, state: RunState, iterations: int | None = None, callback
 
     Returns:
       The final state (the same type for every learner, rule and N).
+
+    Raises:
+      NonFiniteError: a step left a NaN or infinity in θ, θ_c, the rule state or a
+        metric (one line naming them and the iteration); ``callback`` never sees it.
     """
     iterations = engine.config.outer_iterations if iterations is None else iterations
     step, features = engine.step, engine.features
@@ -246,8 +251,6 @@ def compile_steps(engine: Engine, state: RunState, seeds: bool = False) -> float
     lets a host show compilation as its own phase; the executables land in JAX's
     cache, so the loop then reuses them.
     """
-    import time
-
     started = time.perf_counter()
     step, features = _vmapped(engine) if seeds else (engine.step, engine.features)
     if not hasattr(step, "lower"):  # an engine built with jit=False has nothing to compile

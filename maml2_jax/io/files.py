@@ -89,7 +89,7 @@ def _write_rows(path: str, rows: list[dict]) -> None:
 
 
 def claim_directory(out: str, outputs: tuple[str, ...], overwrite: bool) -> None:
-    """Makes ``out`` ready for a new run: created if missing, else emptied of an earlier run.
+    """Checks that ``out`` can take a new run and empties it of an earlier one (the caller creates it).
 
     ``outputs``: ``fnmatch`` patterns of every entry the command writes. A directory
     holding only such entries (and half-written ``.tmp-*`` files) holds an earlier
