@@ -514,28 +514,34 @@ class _Interrupts:
         self._old_fd = signal.set_wakeup_fd(write, warn_on_full_buffer=False)
         threading.Thread(target=self._watch, daemon=True).start()
 
+    _STOP = b"\x00"  # no signal has number 0: the command's own "stop watching"
+
     def _watch(self):
-        while True:
-            try:
-                data = os.read(self._fds[0], 64)
-            except OSError:
-                return  # closed: the command ended
-            if not data:
-                return
-            if signal.SIGINT in data:
-                # Everyone else's stderr goes quiet first, so no progress bar redraws after the line.
-                terminal = os.dup(2)
-                null = os.open(os.devnull, os.O_WRONLY)
-                os.dup2(null, 2)
-                os.write(terminal, ("\n" + self.status.line() + "\n").encode())
-                os._exit(130)
+        # The thread owns both ends of the pipe and closes them itself: were the main
+        # thread to close them, a thread not yet reading could read (and consume) a
+        # file that reused the descriptor's number.
+        read, write = self._fds
+        try:
+            while True:
+                data = os.read(read, 64)
+                if signal.SIGINT in data:
+                    # Everyone else's stderr goes quiet first, so no progress bar redraws after the line.
+                    terminal = os.dup(2)
+                    null = os.open(os.devnull, os.O_WRONLY)
+                    os.dup2(null, 2)
+                    os.write(terminal, ("\n" + self.status.line() + "\n").encode())
+                    os._exit(130)
+                if not data or self._STOP in data:
+                    return
+        finally:
+            os.close(read)
+            os.close(write)
 
     def close(self):
         if self.installed:
             signal.set_wakeup_fd(self._old_fd)
             signal.signal(signal.SIGINT, self._old_handler)
-            os.close(self._fds[1])
-            os.close(self._fds[0])
+            os.write(self._fds[1], self._STOP)
 
 
 def _explicit_flags(parser, argv) -> dict:

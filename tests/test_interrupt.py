@@ -70,3 +70,17 @@ def test_ctrl_c_during_training_resumes_from_the_last_checkpoint(tmp_path):
     assert cli.main(["train", "--resume", str(out), "--quiet"]) == 0
     rows = [json.loads(r) for r in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in rows] == list(range(1000))
+
+
+def test_the_ctrl_c_watcher_never_reads_a_descriptor_it_does_not_own(tmp_path, monkeypatch):
+    """A watcher thread that starts late (a loaded machine) must not read a file that
+    reused its pipe's descriptor number: it would consume the file's bytes (seen once
+    as an empty file in a test under CI load, before the thread owned its pipe)."""
+    late = []
+    monkeypatch.setattr(cli.threading.Thread, "start", lambda thread: late.append(thread))
+    assert cli.main(["train", "--seeds", "-2", "--out", str(tmp_path / "never")]) == 2
+    path = tmp_path / "payload"
+    path.write_text("payload")
+    with open(path) as f:
+        late[0].run()  # the watcher runs only now, after the command has returned
+        assert f.read() == "payload"
