@@ -32,7 +32,7 @@ import threading
 import time
 import warnings
 
-from maml2_jax.errors import ConfigError
+from maml2_jax.errors import ConfigError, first_line
 
 
 class _Parser(argparse.ArgumentParser):
@@ -412,13 +412,13 @@ def run_evaluate(args, explicit, status) -> None:
     """Impure: evaluates with a progress bar on stderr, prints a table, writes the outputs."""
     from tqdm import tqdm
 
-    from maml2_jax import deep_evaluation, deep_training, plotting
+    from maml2_jax import deep_evaluation, plotting
     from maml2_jax.io import files
 
     runs = deep_evaluation.find_runs(args.runs, args.out)
     files.claim_directory(args.out, EVALUATE_OUTPUTS, args.overwrite)
-    _load_family_quietly(deep_training.load_config(runs[0]))  # brax families print chatter on loading
-    loaded = deep_evaluation.load_runs(runs, args.tasks, args.steps, args.seed)  # refuses a damaged run first
+    with _silenced():  # brax families print chatter while the runs load; a damaged run is refused here
+        loaded = deep_evaluation.load_runs(runs, args.tasks, args.steps, args.seed)
     with tqdm(total=len(runs), desc="evaluating runs", unit="run", disable=args.quiet, file=sys.stderr) as bar:
         summary = deep_evaluation.evaluate(runs, args.tasks, args.steps, args.seed, progress=lambda _: bar.update(),
                                            loaded=loaded)
@@ -471,8 +471,7 @@ def _initialize_distributed() -> None:
     try:
         jax.distributed.initialize()
     except (ValueError, RuntimeError) as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ConfigError(f"--distributed: cannot join the other processes ({first[:160]}); set "
+        raise ConfigError(f"--distributed: cannot join the other processes ({first_line(error, 160)}); set "
                           "JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID, or launch under "
                           "SLURM or on a TPU pod") from None
 

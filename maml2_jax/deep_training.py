@@ -40,7 +40,7 @@ from maml2_jax.core import task_sources
 from maml2_jax.core.config import MetaConfig
 from maml2_jax.core.types import RunState
 from maml2_jax.errors import (ConfigError, check_choice, check_float, check_non_negative_int, check_positive_int,
-                              check_seed)
+                              check_seed, first_line)
 from maml2_jax.io import files
 from maml2_jax.io.checkpoint import Checkpoints
 from maml2_jax.io.tensorboard import ScalarWriter
@@ -518,12 +518,7 @@ def _read_json(path: str):
     except OSError as error:
         raise ConfigError(f"{path} cannot be read ({error.strerror})") from None
     except (ValueError, RecursionError) as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise ConfigError(f"{path} is damaged: not valid JSON ({_first_line(error)})") from None
-
-
-def _first_line(error: Exception) -> str:
-    text = str(error).strip()
-    return (text.splitlines()[0] if text else type(error).__name__)[:120]
+        raise ConfigError(f"{path} is damaged: not valid JSON ({first_line(error)})") from None
 
 
 def load_run(path: str):
@@ -576,7 +571,7 @@ def _check_metrics(path: str, iterations: int) -> None:
         try:
             row = json.loads(line, parse_constant=refuse)
         except (ValueError, RecursionError) as error:
-            raise ConfigError(f"{path} is damaged: line {i + 1} is not strict JSON ({_first_line(error)})") from None
+            raise ConfigError(f"{path} is damaged: line {i + 1} is not strict JSON ({first_line(error)})") from None
         if not isinstance(row, dict) or row.get("iteration") != i or isinstance(row.get("iteration"), bool):
             raise ConfigError(f"{path} is damaged: line {i + 1} is not the row of outer iteration {i}")
     if len(rows) != iterations:

@@ -25,6 +25,13 @@ class ConfigError(ValueError):
     """
 
 
+def first_line(error: BaseException, limit: int = 120) -> str:
+    """The first line of ``error``'s message (its type's name when empty), cut at ``limit``
+    characters: what a one-line ``ConfigError`` quotes of a dependency's exception."""
+    text = str(error).strip()
+    return (text.splitlines()[0] if text else type(error).__name__)[:limit]
+
+
 def check_int(name: str, value, low: int | None = None, high: int | None = None) -> int:
     """``value`` as an int; ConfigError unless it is an integer (not a bool) in ``[low, high]``."""
     if isinstance(value, bool):

@@ -17,7 +17,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from maml2_jax.errors import ConfigError
+from maml2_jax.errors import ConfigError, first_line
 
 
 def _stored_leaves(state) -> dict:
@@ -67,8 +67,8 @@ class Checkpoints:
             restored = self._manager.restore(iteration, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(abstract), record=ocp.args.JsonRestore()))
         except Exception as error:  # orbax raises many types for a damaged directory
-            detail = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise ConfigError(f"checkpoint {iteration} in {self.directory} cannot be read ({detail[:200]})") from None
+            raise ConfigError(f"checkpoint {iteration} in {self.directory} cannot be read "
+                              f"({first_line(error, 200)})") from None
         stored = restored.state
         leaves, treedef = jax.tree.flatten(template)
         if set(stored) != set(_stored_leaves(template)):

@@ -12,7 +12,7 @@ import dataclasses
 import json
 import os
 
-from maml2_jax.errors import ConfigError
+from maml2_jax.errors import ConfigError, first_line
 
 
 def read(path: str) -> dict:
@@ -32,9 +32,8 @@ def read(path: str) -> dict:
         else:
             data = json.loads(text)
     except Exception as error:  # yaml and json each raise their own error types
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ConfigError(f"--config: {path} is not valid {'YAML' if path.endswith(('yaml', 'yml')) else 'JSON'} "
-                          f"({first[:120]})") from None
+                          f"({first_line(error)})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"--config: {path} must hold a mapping of settings, not {type(data).__name__}")
     return data
