@@ -294,7 +294,8 @@ def maml(learner: Learner, iterations: int, theta, tasks, keys, adapt_episodes: 
     return state.theta
 
 
-def readapt(learner: Learner, theta, category_params, tasks, keys, episodes: int, reset, reset_after: int = 1):
+def readapt(learner: Learner, theta, category_params, tasks, keys, episodes: int, reset, reset_after: int = 1,
+            active=None):
     """Adapts every lane for ``episodes`` episodes, resetting by update tendency.
 
     After ``reset_after`` episodes from θ, lanes with ``reset`` True jump to
@@ -305,11 +306,14 @@ def readapt(learner: Learner, theta, category_params, tasks, keys, episodes: int
       theta: ``[L, ...]`` start parameters.
       category_params: ``[L, N, ...]``.
       tasks: ``[L, ...]``; keys ``[L]``; reset ``[L]`` bool.
+      active: ``[L, N]`` bool, the category slots each lane may reset to (default all).
 
     Returns:
       ``(agents [L], chosen [L] int32)``: the finished agents and c* of each lane.
     """
     agents = adaptation.adapt(learner, theta, tasks, keys, reset_after)
-    params, chosen = jax.vmap(readaptation.reset)(theta, jax.vmap(learner.params)(agents), category_params, reset)
+    active = jnp.ones(jax.tree.leaves(category_params)[0].shape[:2], bool) if active is None else active
+    params, chosen = jax.vmap(readaptation.reset)(theta, jax.vmap(learner.params)(agents), category_params, reset,
+                                                  active)
     agents = jax.vmap(learner.with_params)(agents, params)
     return adaptation.run_episodes(learner, agents, tasks, episodes), chosen

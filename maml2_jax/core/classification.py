@@ -72,31 +72,112 @@ def membership(labels: np.ndarray, num_categories: int) -> np.ndarray:
     return np.arange(num_categories)[:, None] == np.asarray(labels)[..., None, :]
 
 
-def match_to_previous(centroids: np.ndarray, previous: np.ndarray) -> np.ndarray:
-    """``perm [N]``: new cluster k becomes category ``perm[k]``, the assignment that
-    minimises the summed distance between matched centroids (Hungarian method)."""
-    cost = np.linalg.norm(centroids[:, None, :] - previous[None, :, :], axis=-1)
+def match_to_previous(centroids: np.ndarray, previous: np.ndarray, previous_active: np.ndarray | None = None,
+                      slots: int | None = None) -> np.ndarray:
+    """``perm [n]``: new cluster k becomes category slot ``perm[k]``.
+
+    The new clusters are matched to the previously active slots by the assignment
+    that minimises the summed distance between matched centroids (Hungarian method,
+    rectangular when the number of categories changed). With more new clusters than
+    old categories, the unmatched clusters take the lowest free slots in order; with
+    fewer, the unmatched old slots fall idle.
+
+    Args:
+      centroids: ``[n, F]`` the new clusters' centroids.
+      previous: ``[S, F]`` the previous centroid of every slot.
+      previous_active: ``[S]`` bool, the slots that held a category (default: all).
+      slots: S, the number of category slots (default ``len(previous)``).
+    """
+    previous = np.asarray(previous, np.float64)
+    slots = len(previous) if slots is None else slots
+    old = np.arange(len(previous)) if previous_active is None else np.flatnonzero(previous_active)
+    if len(centroids) > slots:
+        raise ValueError(f"{len(centroids)} clusters do not fit in {slots} category slots")
+    cost = np.linalg.norm(centroids[:, None, :] - previous[old][None, :, :], axis=-1)
     rows, cols = linear_sum_assignment(cost)
-    perm = np.empty(len(rows), np.int64)
-    perm[rows] = cols
+    perm = np.full(len(centroids), -1, np.int64)
+    perm[rows] = old[cols]
+    free = [s for s in range(slots) if s not in set(perm[rows].tolist())]
+    unmatched = np.flatnonzero(perm < 0)
+    perm[unmatched] = free[:len(unmatched)]
     return perm
+
+
+class Classification(NamedTuple):
+    """A classification of a pool into category slots.
+
+    Attributes:
+      labels: ``[T]`` int32 slot of each task.
+      centroids: ``[S, F]`` float64 centroid of each slot (zeros for an idle slot).
+      active: ``[S]`` bool, the slots holding a category (the first N without matching).
+      scores: what :func:`choose_categories` measured, or None for a fixed N.
+    """
+
+    labels: np.ndarray
+    centroids: np.ndarray
+    active: np.ndarray
+    scores: "CategoryScores | None"
+
+    @property
+    def num_categories(self) -> int:
+        return int(np.sum(self.active))
+
+
+AUTO = "auto"
+
+
+def classify_slots(features: np.ndarray, categories, slots: int, seed: int,
+                   previous_centroids: np.ndarray | None = None, previous_active: np.ndarray | None = None,
+                   references: int = 20) -> Classification:
+    """k-means of the tasks' features into ``slots`` category slots, matched to the previous ones.
+
+    Args:
+      features: ``[T, F]`` one row per task.
+      categories: N, or ``"auto"``: N chosen from the features by
+        :func:`choose_categories` with N_max = ``min(slots, T)``.
+      slots: S >= N, the number of category parameter sets the run holds.
+      seed: the k-means (and reference-pool) seed.
+      previous_centroids, previous_active: the previous classification's centroids
+        ``[S, F]`` and active slots ``[S]``: with them the new categories are matched to
+        the old ones (:func:`match_to_previous`), so a category keeps its slot, and its
+        θ_c, when the pool grows or N changes.
+      references: B of :func:`choose_categories`.
+
+    Returns:
+      A :class:`Classification`. Without previous centroids the categories take slots
+      0..N−1, numbered as :func:`kmeans_labels` numbers them.
+    """
+    features = np.asarray(features, np.float64)
+    check_positive_int("category slots", slots)
+    scores = None
+    if categories == AUTO:
+        n, scores = choose_categories(features, min(slots, features.shape[0]), seed, references)
+    else:
+        n = check_positive_int("categories", categories)
+        if n > slots:
+            raise ConfigError(f"{n} categories do not fit in {slots} category slots")
+    labels = kmeans_labels(features, n, seed).astype(np.int64)
+    centroids = np.stack([features[labels == c].mean(axis=0) for c in range(n)])
+    perm = np.arange(n)
+    if previous_centroids is not None:
+        perm = match_to_previous(centroids, previous_centroids, previous_active, slots)
+    slot_centroids = np.zeros((slots, features.shape[1]))
+    slot_centroids[perm] = centroids
+    active = np.zeros(slots, bool)
+    active[perm] = True
+    return Classification(perm[labels].astype(np.int32), slot_centroids, active, scores)
 
 
 def classify(features: np.ndarray, num_categories: int, seed: int,
              previous_centroids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Labels ``[T]`` and centroids ``[N, F]`` of the tasks' features.
+    """Labels ``[T]`` and centroids ``[N, F]`` of the tasks' features (N fixed).
 
     With ``previous_centroids`` the new clusters are renumbered to match them, so
     category c keeps "its" tasks, and its meta-learned θ_c, across re-classification.
+    :func:`classify_slots` is the general form (an automatic N, idle slots).
     """
-    features = np.asarray(features, np.float64)
-    labels = kmeans_labels(features, num_categories, seed)
-    centroids = np.stack([features[labels == c].mean(axis=0) for c in range(num_categories)])
-    if previous_centroids is not None:
-        perm = match_to_previous(centroids, np.asarray(previous_centroids, np.float64))
-        labels = perm[labels].astype(np.int32)
-        centroids = centroids[np.argsort(perm)]
-    return labels, centroids
+    result = classify_slots(features, num_categories, num_categories, seed, previous_centroids)
+    return result.labels, result.centroids
 
 
 # An answer N >= 2 must beat the reference pools by this many standard errors.

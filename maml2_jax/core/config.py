@@ -5,9 +5,25 @@ from __future__ import annotations
 import dataclasses
 
 from maml2_jax.core.outer_update import CATEGORY_INITS, OUTER_UPDATES
-from maml2_jax.errors import check_choice, check_float, check_non_negative_int, check_positive_int
+from maml2_jax.errors import ConfigError, check_choice, check_float, check_non_negative_int, check_positive_int
 
 CLASSIFY_FROM = ("theta", "init")
+AUTO = "auto"
+
+
+def check_categories(categories, max_categories: int):
+    """``categories`` as N (a positive int) or ``"auto"``; ConfigError otherwise.
+
+    ``"auto"`` needs ``max_categories`` >= 2 (with one slot there is nothing to choose).
+    """
+    if categories == AUTO:
+        if check_positive_int("max categories", max_categories) < 2:
+            raise ConfigError(f"categories 'auto' needs max categories >= 2, got {max_categories}")
+        return AUTO
+    if isinstance(categories, str):
+        raise ConfigError(f"categories must be a positive integer or 'auto', got {categories!r}")
+    check_positive_int("max categories", max_categories)
+    return check_positive_int("categories", categories)
 
 
 def _field(default, help_text: str, flag: str | None = None, choices=None):
@@ -20,7 +36,10 @@ class MetaConfig:
     """How MAML² classifies and meta-trains (defaults: the published tabular rule).
 
     Attributes:
-      categories: N, task categories (k-means clusters). N = 1 is MAML.
+      categories: N, task categories (k-means clusters). N = 1 is MAML. ``"auto"``:
+        chosen at every classification from the features
+        (:func:`maml2_jax.core.classification.choose_categories`), 1 … ``max_categories``.
+      max_categories: N_max, the category slots of an automatic N (ignored otherwise).
       outer_iterations: K_out, outer iterations (global moves of θ).
       inner_iterations: K_in, meta-update steps of each category per outer iteration.
       tasks_per_category: B, tasks of each category step (drawn with replacement).
@@ -37,7 +56,9 @@ class MetaConfig:
         (0: never).
     """
 
-    categories: int = _field(3, "N, task categories (k-means clusters); 1 is MAML")
+    categories: int | str = _field(3, "N, task categories (k-means clusters); 1 is MAML; auto: chosen from the "
+                                   "features at every classification (1 .. max categories)")
+    max_categories: int = _field(4, "N_max, the largest N that categories 'auto' may choose")
     outer_iterations: int = _field(20, "K_out, outer iterations")
     inner_iterations: int = _field(10, "K_in, meta-update steps of each category per outer iteration")
     tasks_per_category: int = _field(1, "B, tasks of each category step")
@@ -52,10 +73,21 @@ class MetaConfig:
     stop_tolerance: float = _field(0.0, "a category stops once a step moves θ_c less than this (0: never)")
 
     def __post_init__(self):
-        for name in ("categories", "outer_iterations", "inner_iterations", "tasks_per_category"):
+        object.__setattr__(self, "categories", check_categories(self.categories, self.max_categories))
+        for name in ("outer_iterations", "inner_iterations", "tasks_per_category"):
             check_positive_int(name.replace("_", " "), getattr(self, name))
         check_non_negative_int("classify every", self.classify_every)
         check_choice("outer update", self.outer_update, OUTER_UPDATES)
         check_choice("category init", self.category_init, CATEGORY_INITS)
         check_choice("classify from", self.classify_from, CLASSIFY_FROM)
         object.__setattr__(self, "stop_tolerance", check_float("stop tolerance", self.stop_tolerance, low=0))
+
+    @property
+    def automatic(self) -> bool:
+        """Whether N is chosen from the features at each classification."""
+        return self.categories == AUTO
+
+    @property
+    def slots(self) -> int:
+        """The category parameter sets a run holds: N, or N_max for an automatic N."""
+        return self.max_categories if self.automatic else self.categories

@@ -12,6 +12,10 @@ For categories :math:`C_1..C_N` and the category meta-learning
 The start of each θ_c is θ (``category_init="global"``, the published rule) or its
 own previous value (``"persistent"``: each category keeps specialising).
 
+With an automatic N the run holds N_max category slots and a mask of the active
+ones: idle slots are computed (shapes stay static) but keep their θ_c and do not
+move θ, and N is the number of active slots.
+
 With one category both modes are the plain call :math:`θ \leftarrow \mathrm{CatMeta}(1, θ)`
 — no vmap, no interpolation — so MAML (N = 1) is literally the same computation in
 either mode.
@@ -41,7 +45,7 @@ def mean_over_categories(stacked):
 
 
 def outer_update(category_fn: Callable, theta: Params, category_params: Params, rule_state,
-                 num_categories: int, mode: str, category_init: str):
+                 num_categories: int, mode: str, category_init: str, active=None):
     """One outer iteration: every category meta-learned, then θ moved.
 
     Args:
@@ -53,6 +57,8 @@ def outer_update(category_fn: Callable, theta: Params, category_params: Params, 
       num_categories: N (static).
       mode: "sequential" or "parallel".
       category_init: "global" (θ_c ← θ) or "persistent" (θ_c carries on).
+      active: ``[N]`` bool, the slots holding a category (None: all, and the program is
+        the unmasked one). An idle slot keeps its θ_c and rule state and leaves θ alone.
 
     Returns:
       ``(θ, θ_c [N, ...], rule_state [N, ...], metrics [N, ...])``.
@@ -66,6 +72,8 @@ def outer_update(category_fn: Callable, theta: Params, category_params: Params, 
     def add_axis(tree):
         return jax.tree.map(lambda x: x[None], tree)
 
+    if active is not None:
+        return _masked(category_fn, theta, category_params, rule_state, num_categories, mode, persistent, active)
     if num_categories == 1:
         start = take(category_params, 0) if persistent else theta
         theta_c, state_c, metrics = category_fn(jnp.int32(0), start, take(rule_state, 0))
@@ -88,4 +96,36 @@ def outer_update(category_fn: Callable, theta: Params, category_params: Params, 
         return interpolate(theta, theta_c, weight), (theta_c, state_c, metrics)
 
     theta, (stacked, states, metrics) = jax.lax.scan(one_category, theta, (categories, category_params, rule_state))
+    return theta, stacked, states, metrics
+
+
+def _masked(category_fn, theta, category_params, rule_state, num_categories, mode, persistent, active):
+    """:func:`outer_update` over slots of which only ``active`` hold a category."""
+
+    def keep_idle(new, old):
+        return jax.tree.map(lambda a, b: jnp.where(active.reshape((-1,) + (1,) * (a.ndim - 1)), a, b), new, old)
+
+    categories = jnp.arange(num_categories, dtype=jnp.int32)
+    count = jnp.maximum(jnp.sum(active), 1).astype(jnp.int32)
+    if mode == "parallel":
+        starts = category_params if persistent else jax.tree.map(
+            lambda c, t: jnp.broadcast_to(t, c.shape), category_params, theta)
+        stacked, states, metrics = jax.vmap(category_fn)(categories, starts, rule_state)
+        stacked, states = keep_idle(stacked, category_params), keep_idle(states, rule_state)
+        weights = active.astype(jnp.float32) / count.astype(jnp.float32)
+        theta = jax.tree.map(lambda x: jnp.tensordot(weights, x, axes=1).astype(x.dtype), stacked)
+        return theta, stacked, states, metrics
+
+    weight = 1.0 / count
+
+    def one_category(theta, inputs):
+        c, on, stored, state_c = inputs
+        theta_c, new_state, metrics = category_fn(c, stored if persistent else theta, state_c)
+        theta_c = jax.tree.map(lambda a, b: jnp.where(on, a, b), theta_c, stored)
+        new_state = jax.tree.map(lambda a, b: jnp.where(on, a, b), new_state, state_c)
+        moved = jax.tree.map(lambda a, b: jnp.where(on, a, b), interpolate(theta, theta_c, weight), theta)
+        return moved, (theta_c, new_state, metrics)
+
+    theta, (stacked, states, metrics) = jax.lax.scan(
+        one_category, theta, (categories, active, category_params, rule_state))
     return theta, stacked, states, metrics

@@ -17,25 +17,33 @@ import jax.numpy as jnp
 from maml2_jax.core.types import Learner, take, tree_norm
 
 
-def update_tendency(theta, theta_1, category_params) -> jax.Array:
-    """``argmin_c ‖θ₁ − θ_c‖ − ‖θ − θ_c‖`` (int32); ``category_params`` is ``[N, ...]``."""
+def update_tendency(theta, theta_1, category_params, active=None) -> jax.Array:
+    """``argmin_c ‖θ₁ − θ_c‖ − ‖θ − θ_c‖`` (int32); ``category_params`` is ``[N, ...]``.
+
+    ``active`` (``[N]`` bool, optional) restricts the choice to the slots that hold a
+    category (a run with an automatic N keeps idle slots).
+    """
 
     def distance(a, b):
         return jax.vmap(lambda c: tree_norm(jax.tree.map(jnp.subtract, a, c)))(b)
 
-    return jnp.argmin(distance(theta_1, category_params) - distance(theta, category_params)).astype(jnp.int32)
+    tendency = distance(theta_1, category_params) - distance(theta, category_params)
+    if active is not None:
+        tendency = jnp.where(active, tendency, jnp.inf)
+    return jnp.argmin(tendency).astype(jnp.int32)
 
 
-def reset(theta, theta_1, category_params, enabled=True):
-    """``(params to continue from, c*)``: θ_{c*} when ``enabled`` (a bool, may be traced), else θ₁."""
-    chosen = update_tendency(theta, theta_1, category_params)
+def reset(theta, theta_1, category_params, enabled=True, active=None):
+    """``(params to continue from, c*)``: θ_{c*} when ``enabled`` (a bool, may be traced), else θ₁.
+    ``active``: the slots that may be chosen (default all)."""
+    chosen = update_tendency(theta, theta_1, category_params, active)
     reset_params = take(category_params, chosen)
     params = jax.tree.map(lambda r, t: jnp.where(enabled, r, t), reset_params, theta_1)
     return params, chosen
 
 
 def adaptation_curve(learner: Learner, rounds: int, params, task, key, category_params=None,
-                     reset_enabled: bool = True):
+                     reset_enabled: bool = True, active=None):
     """Scores of ``rounds + 1`` adaptation rounds on one task, with the update-tendency reset.
 
     ``learner.adapt`` is one round (one policy-gradient step, one episode); round k
@@ -53,7 +61,7 @@ def adaptation_curve(learner: Learner, rounds: int, params, task, key, category_
     chosen = jnp.int32(-1)
     current = theta_1
     if category_params is not None:
-        current, chosen = reset(params, theta_1, category_params, reset_enabled)
+        current, chosen = reset(params, theta_1, category_params, reset_enabled, active)
 
     def body(p, k):
         p, stats = learner.adapt(p, task, jax.random.fold_in(key, k))

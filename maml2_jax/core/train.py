@@ -94,7 +94,7 @@ def make_engine(learner: Learner, rule: MetaRule, source: TaskSource, config: Me
         them inside a larger compiled function).
     """
     classifier = learner if classifier is None else classifier
-    n = config.categories
+    n = config.slots  # with an automatic N: N_max slots, the active ones masked
     if n > 1 and source.name == "fresh":
         raise ValueError("classification needs a task pool: fresh draws serve one category (MAML) only")
 
@@ -134,7 +134,7 @@ def make_engine(learner: Learner, rule: MetaRule, source: TaskSource, config: Me
     def step(state: RunState):
         theta, category_params, rule_state, metrics = outer_update.outer_update(
             functools.partial(category_fn, state), state.theta, state.category_params, state.rule_state, n,
-            config.outer_update, config.category_init)
+            config.outer_update, config.category_init, active(state) if config.automatic else None)
         state = state.replace(theta=theta, category_params=category_params, rule_state=rule_state,
                               iteration=state.iteration + 1)
         return state, metrics
@@ -158,16 +158,23 @@ def make_engine(learner: Learner, rule: MetaRule, source: TaskSource, config: Me
     return Engine(config, learner, rule, source, init, wrap(step), wrap(features))
 
 
+def active(state: RunState) -> jax.Array:
+    """``[..., N]`` bool: the category slots that hold at least one pool task."""
+    return jnp.any(state.members, axis=-1)
+
+
 def kmeans_seed(state: RunState) -> int:
     """The k-means seed of the classification at the state's iteration (host side)."""
     key = jax.random.fold_in(_key(state), _counter(KMEANS_COUNTER, state.iteration))
     return int(jax.random.randint(key, (), 0, 2**31 - 1))
 
 
-def classify(state: RunState, features) -> RunState:
+def classify(state: RunState, features, categories=None) -> RunState:
     """Host side: k-means on the pool's features, matched to the previous centroids.
 
     Impure (scikit-learn on NumPy). Only the first ``source.size`` pool tasks take part.
+    ``categories``: N, or ``"auto"`` to choose N (at most the state's slots) from the
+    features; default: one category per slot.
     """
     size = int(state.source.size)
     n = state.num_categories
@@ -176,20 +183,23 @@ def classify(state: RunState, features) -> RunState:
         bad = int(np.sum(~np.all(np.isfinite(features), axis=1)))
         raise NonFiniteError(f"non-finite classification features of {bad} of {size} pool tasks before outer "
                              f"iteration {_iteration(state)} (the adaptation diverged): lower the inner step size")
-    previous = np.asarray(state.centroids) if bool(state.classified) else None
-    labels, centroids = classification.classify(features, n, kmeans_seed(state), previous)
+    previous, previous_active = None, None
+    if bool(state.classified):
+        previous, previous_active = np.asarray(state.centroids), np.asarray(active(state))
+    result = classification.classify_slots(features, n if categories is None else categories, n,
+                                           kmeans_seed(state), previous, previous_active)
     pool_size = state.labels.shape[0]
     padded = np.zeros((pool_size,), np.int32)
-    padded[:size] = labels
+    padded[:size] = result.labels
     members = classification.membership(padded, n)
     members[:, size:] = False
     return state.replace(labels=jnp.asarray(padded), members=jnp.asarray(members),
-                         centroids=jnp.asarray(centroids, jnp.float32), classified=jnp.bool_(True))
+                         centroids=jnp.asarray(result.centroids, jnp.float32), classified=jnp.bool_(True))
 
 
 def needs_classification(config: MetaConfig, iteration: int, classified: bool) -> bool:
     """Whether the host classifies before outer iteration ``iteration``."""
-    if config.categories == 1:
+    if config.slots == 1:
         return False
     if not classified:
         return True
@@ -230,10 +240,11 @@ def run(engine: Engine, state: RunState, iterations: int | None = None, callback
         if classified:
             f = np.asarray(features(state))
             if seeds:
-                parts = [classify(jax.tree.map(lambda x: x[s], state), f[s]) for s in range(f.shape[0])]
+                parts = [classify(jax.tree.map(lambda x: x[s], state), f[s], engine.config.categories)
+                         for s in range(f.shape[0])]
                 state = jax.tree.map(lambda *xs: jnp.stack(xs), *parts)
             else:
-                state = classify(state, f)
+                state = classify(state, f, engine.config.categories)
         state, metrics = step(state)
         bad = [name for name, ok in jax.device_get(_finite(state, metrics)).items() if not ok]
         if bad:
@@ -256,7 +267,7 @@ def compile_steps(engine: Engine, state: RunState, seeds: bool = False) -> float
     if not hasattr(step, "lower"):  # an engine built with jit=False has nothing to compile
         return 0.0
     step.lower(state).compile()
-    if engine.config.categories > 1:
+    if engine.config.slots > 1:
         features.lower(state).compile()
     return time.perf_counter() - started
 
