@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import dataclasses
 import io
 import os
 import signal
@@ -47,6 +48,16 @@ def _ints(text: str) -> tuple[int, ...]:
         return tuple(int(x) for x in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _categories(text: str):
+    """``--categories``: N (an integer; its range is the config's to check) or ``auto``."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', got {text!r}") from None
 
 
 def _groups(text: str) -> tuple[tuple[int, ...], ...]:
@@ -196,7 +207,8 @@ def run_gridworld(args, explicit, status) -> None:
         status["stage"] = stage
         say(f"[{time.perf_counter() - started:6.1f}s] {stage}: {stages.get(stage, '')}")
 
-    say(f"grid world: {config.runs} runs x {config.world.num_tasks} tasks, N={config.categories}, "
+    n = f"N=auto (1..{config.max_categories})" if config.automatic else f"N={config.categories}"
+    say(f"grid world: {config.runs} runs x {config.world.num_tasks} tasks, {n}, "
         f"K_out={config.outer_iterations}, K_in={config.inner_iterations}, "
         f"MAML {config.maml_iterations} it., {config.outer_update} outer update; writing {args.out}")
     checkpoints = Checkpoints(os.path.join(args.out, "checkpoint"), keep=len(gridworld_experiment.STAGES) - 1)
@@ -212,6 +224,8 @@ def run_gridworld(args, explicit, status) -> None:
     files.write_atomically(figure_path, lambda tmp: plotting.adaptation_figure(summary, tmp))
     files.write_json(summary_path, summary)
     print(evaluation.table(summary))
+    if config.automatic:
+        print(evaluation.chosen_categories(summary))
     print(f"{result.seconds:.1f} s; wrote {summary_path} and {figure_path}")
 
 
@@ -253,6 +267,8 @@ def add_meta_flags(group, defaults, skip=()) -> None:
                   "help": f"{field.metadata['help']} (default %(default)s)"}
         if field.metadata.get("choices"):
             kwargs["choices"] = field.metadata["choices"]
+        if field.name == "categories":
+            kwargs.update(type=_categories, metavar="{N,auto}")
         group.add_argument("--" + field.name.replace("_", "-"), *_META_ALIASES.get(field.name, ()), **kwargs)
 
 
@@ -395,6 +411,186 @@ def _add_evaluate(sub) -> None:
     _add_output_flags(p, config_file=False)
 
 
+# ``online`` flags that belong to one kind of environment: {dest: (kind, config path)}.
+_ONLINE_GRID_ONLY = ("initial_tasks", "outer_iterations", "inner_iterations", "maml_iterations", "arrival_episodes",
+                     "classify_episodes")
+_ONLINE_DEEP_PATHS = {"max_categories": "train.meta.max_categories", "horizon": "train.horizon"}
+_ONLINE_DEEP_ONLY = ("initial_pool", "iterations_per_arrival", "steps", "horizon")
+ONLINE_OUTPUTS = ("config.json", "summary.json", "online.png", "checkpoint", "tensorboard")
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
+def _add_online(sub) -> None:
+    from maml2_jax.online import OnlineConfig
+
+    d = OnlineConfig()
+    p = sub.add_parser("online", help="the online setting: tasks arrive one at a time; MAML² (fixed and automatic "
+                                      "N) against MAML, each warm-started")
+    p.add_argument("--env", default="gridworld", metavar="ENV",
+                   help="gridworld (the published protocol) or a deep task family such as nav2d-isolated "
+                        "(default %(default)s)")
+    p.add_argument("--out", required=True, help="output directory: config.json, summary.json, online.png, checkpoint/")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its newest checkpoint (give the same settings)")
+    p.add_argument("--methods", type=_names, default=None,
+                   help="comma-separated: maml2-N<k> (k categories), maml2-auto (N chosen at each classification), "
+                        "maml (default: maml2-N2,maml2-N3,maml2-N4,maml2-auto,maml on the grid world; "
+                        "maml2-auto,maml on a deep family)")
+    p.add_argument("--trials", type=int, default=None,
+                   help="independent trials, vmapped in one program (default: 10 grid world, 4 deep)")
+    p.add_argument("--arrivals", type=int, default=None, help="tasks arriving one at a time (default: 50 grid "
+                                                             "world, 12 deep)")
+    p.add_argument("--seed", type=int, default=d.seed, help="master seed (default %(default)s)")
+    p.add_argument("--max-categories", type=int, default=d.max_categories,
+                   help="N_max of maml2-auto (default %(default)s)")
+    grid = p.add_argument_group("grid world only")
+    grid.add_argument("--initial-tasks", type=int, default=d.initial_tasks,
+                      help="initial pool of maml2-auto and maml; maml2-N<k> starts from k tasks (default %(default)s)")
+    grid.add_argument("--outer-iterations", type=int, default=d.outer_iterations,
+                      help="MAML²'s K_out per arrival (default %(default)s)")
+    grid.add_argument("--inner-iterations", type=int, default=d.inner_iterations,
+                      help="MAML²'s K_in per arrival (default %(default)s)")
+    grid.add_argument("--maml-iterations", type=int, default=d.maml_iterations,
+                      help="MAML's iterations per arrival (default %(default)s)")
+    grid.add_argument("--arrival-episodes", type=int, default=d.arrival_episodes,
+                      help="episodes of adaptation to an arriving task (default %(default)s)")
+    grid.add_argument("--classify-episodes", type=int, default=d.classify_episodes,
+                      help="episodes learning an initial task from scratch for its feature (default %(default)s)")
+    grid.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                      help="processes classifying the pools between arrivals; results do not depend on it "
+                           "(default: one per core, %(default)s)")
+    deep = p.add_argument_group("deep task families only")
+    deep.add_argument("--initial-pool", type=int, default=None, help="tasks in the pool before the first arrival "
+                                                                     "(default 8)")
+    deep.add_argument("--iterations-per-arrival", type=int, default=None,
+                      help="outer iterations of the warm start before each arrival (default 2)")
+    deep.add_argument("--steps", type=int, default=None, help="adaptation steps recorded per arrival (default 3)")
+    deep.add_argument("--horizon", type=int, default=None, help="steps per episode (default 20)")
+    _add_output_flags(p, config_file=True)
+
+
+def run_online(args, explicit, status) -> None:
+    """Impure: runs (or resumes) the online experiment with progress on stderr, prints the
+    table, writes the outputs."""
+    from tqdm import tqdm
+
+    from maml2_jax.io import files
+
+    if not args.out:
+        raise ConfigError("--out: empty path")
+    grid = args.env == "gridworld"
+    wrong = sorted(set(explicit) & set(_ONLINE_DEEP_ONLY if grid else _ONLINE_GRID_ONLY))
+    if wrong:
+        raise ConfigError(f"--{wrong[0].replace('_', '-')} applies to "
+                          f"{'a deep task family' if grid else '--env gridworld'} only")
+    settings = {k: v for k, v in explicit.items() if k not in ("env", "workers") and v is not None}
+    if grid:
+        from maml2_jax import online
+
+        config = _config(online.OnlineConfig(), args, settings, {})
+    else:
+        from maml2_jax import deep_online
+        from maml2_jax.envs import family_names
+
+        if args.env not in family_names():
+            raise ConfigError(f"unknown env {args.env!r}; choose gridworld or one of {', '.join(family_names())}")
+        default = deep_online.OnlineDeepConfig()
+        default = dataclasses.replace(default, train=dataclasses.replace(default.train, env=args.env))
+        config = _config(default, args, settings, _ONLINE_DEEP_PATHS)
+    if not args.resume:
+        files.claim_directory(args.out, ONLINE_OUTPUTS, args.overwrite)
+    resume = " ".join(["maml2", "online", *_argv_without(status["argv"], "--overwrite"),
+                       *([] if args.resume else ["--resume"])])
+    status.update(out=args.out, total=config.arrivals, iteration=None, resume=resume)
+    say = _stderr(args.quiet)
+    say(f"online on {args.env}: {config.trials} trials x {config.arrivals} arrivals, "
+        f"{', '.join(config.methods)}; writing {args.out}")
+    bar = tqdm(total=config.arrivals, desc=f"arrivals ({args.env})", unit="arrival", disable=args.quiet,
+               file=sys.stderr)
+    try:
+        if grid:
+            summary, table = _run_grid_online(config, args, bar, status)
+        else:
+            summary, table = _run_deep_online(config, args, bar, status)
+    finally:
+        bar.close()
+    print(table)
+    print(f"wrote {args.out}/summary.json and online.png")
+
+
+def _run_grid_online(config, args, bar, status):
+    import json
+
+    from maml2_jax import online, plotting
+    from maml2_jax.io import files
+    from maml2_jax.io.checkpoint import Checkpoints
+
+    config_path = os.path.join(args.out, "config.json")
+    saved = json.loads(json.dumps(dataclasses.asdict(config)))
+    if args.resume:
+        try:
+            with open(config_path) as f:
+                previous = json.load(f)
+        except (OSError, json.JSONDecodeError):
+            raise ConfigError(f"--resume: nothing to resume in {args.out} (no readable config.json)") from None
+        if previous != saved:
+            raise ConfigError(f"--resume: the run in {args.out} had other settings; resume it with the same flags")
+    else:
+        os.makedirs(args.out, exist_ok=True)
+        files.write_json(config_path, saved)
+
+    def progress(done, total):
+        status.update(iteration=done if done else None)
+        bar.n = done
+        bar.refresh()
+
+    checkpoints = Checkpoints(os.path.join(args.out, "checkpoint"))
+    try:
+        result = online.run(config, progress, checkpoints, workers=args.workers)
+    finally:
+        checkpoints.close()
+    summary = online.summarize(result)
+    if args.tensorboard:
+        _online_events({f"{m}/score": curve for m, curve in summary["per_arrival"].items()},
+                       os.path.join(args.out, "tensorboard"))
+    files.write_atomically(os.path.join(args.out, "online.png"), lambda tmp: plotting.online_figure(summary, tmp))
+    files.write_json(os.path.join(args.out, "summary.json"), summary)
+    return summary, online.table(summary) + f"\n{result.seconds:.1f} s"
+
+
+def _run_deep_online(config, args, bar, status):
+    from maml2_jax import deep_online
+    from maml2_jax.io import files
+
+    def progress(row):
+        status.update(iteration=row["arrival"] + 1)
+        bar.update()
+
+    with _silenced():  # brax families print chatter while they load
+        deep_online.method_parts(config, config.methods[0])
+    summary = deep_online.run(config, args.out, progress, resume=args.resume)
+    if args.tensorboard:
+        _online_events({f"{m}/return_after_1": [row[1] for row in entry["by_arrival_mean"]]
+                        for m, entry in summary["methods"].items()}, os.path.join(args.out, "tensorboard"))
+    files.write_atomically(os.path.join(args.out, "online.png"), lambda tmp: deep_online.plot(summary, tmp))
+    return summary, deep_online.table(summary)
+
+
+def _online_events(curves: dict, directory: str) -> None:
+    """``{tag: [A] values}`` as TensorBoard scalars at step = arrival."""
+    from maml2_jax.io.tensorboard import ScalarWriter
+
+    writer = ScalarWriter(directory)
+    try:
+        for a in range(len(next(iter(curves.values())))):
+            writer.write(a, {tag: curve[a] for tag, curve in curves.items() if curve[a] is not None})
+    finally:
+        writer.close()
+
+
 def _add_output_flags(p, config_file: bool) -> None:
     """The flags every command shares: where settings come from and how outputs behave."""
     if config_file:
@@ -485,6 +681,9 @@ class _Status(dict):
             return "maml2: interrupted; nothing was written" if command == "evaluate" else "maml2: interrupted"
         if command == "gridworld":
             where = f"in the {self['stage']} stage" if "stage" in self else "while setting up"
+        elif command == "online":
+            done = self.get("iteration")
+            where = "before the first arrival finished" if done is None else f"after arrival {done} of {self['total']}"
         elif self.get("iteration") is None:
             where = "before this session's first outer iteration finished (compiling)"
         else:
@@ -567,6 +766,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_gridworld(sub)
     _add_train(sub)
     _add_evaluate(sub)
+    _add_online(sub)
     return parser
 
 
@@ -587,7 +787,8 @@ def main(argv=None) -> int:
             args = parser.parse_args(argv)
             explicit = _explicit_flags(parser, argv)
             status.update(command=args.command, argv=argv)
-            {"gridworld": run_gridworld, "train": run_train, "evaluate": run_evaluate}[args.command](
+            {"gridworld": run_gridworld, "train": run_train, "evaluate": run_evaluate, "online": run_online}[
+                args.command](
                 args, explicit, status)
     except ConfigError as error:
         print(f"maml2: error: {error}", file=sys.stderr)

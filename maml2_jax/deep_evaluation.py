@@ -97,27 +97,29 @@ def check_out(out: str, run_dirs: list[str]) -> None:
 
 
 def _curve_function(parts, steps: int):
-    """``(theta, category_params | None, tasks, key, reset) -> (returns [T, steps+1], c* [T])``, jitted once."""
+    """``(theta, category_params | None, tasks, key, reset, active=None) -> (returns [T, steps+1], c* [T])``,
+    jitted once; ``active`` ``[S]`` bool: the category slots the reset may pick (default all)."""
     one_step = dataclasses.replace(parts.config.inner, inner_steps=1)
     learner = make_policy_gradient_learner(parts.family, parts.policy, one_step)
 
-    def curves(theta, category_params, tasks, key, reset):
+    def curves(theta, category_params, tasks, key, reset, active=None):
         def one(task, k):
-            return adaptation_curve(learner, steps, theta, task, k, category_params, reset)
+            return adaptation_curve(learner, steps, theta, task, k, category_params, reset, active)
 
         return jax.vmap(one)(tasks, jax.random.split(key, tasks.shape[0]))
 
     return jax.jit(curves, static_argnames="reset")
 
 
-def _category_meaning(path: str, num_categories: int) -> list[int]:
-    """Learned category → the ground-truth category most of its pool tasks have (last classification)."""
+def _category_meaning(path: str, slots: int) -> tuple[list[int], np.ndarray]:
+    """From the last classification: per category slot, the ground-truth category most of its
+    pool tasks have (−1 for an idle slot), and ``[S]`` bool, the slots holding a category."""
     with open(os.path.join(path, "categories.json")) as f:
         record = json.load(f)
     labels = np.asarray(record["classifications"][-1]["labels"])
     truth = np.asarray(record["pool_categories"])
-    return [int(np.bincount(truth[labels == c]).argmax()) if np.any(labels == c) else -1
-            for c in range(num_categories)]
+    active = np.asarray([np.any(labels == c) for c in range(slots)])
+    return [int(np.bincount(truth[labels == c]).argmax()) if on else -1 for c, on in enumerate(active)], active
 
 
 def load_runs(run_dirs: list[str], num_tasks: int = 40, steps: int = 3, seed: int = 0) -> list[tuple]:
@@ -185,10 +187,11 @@ def evaluate(run_dirs: list[str], num_tasks: int = 40, steps: int = 3, seed: int
             compiled[setting] = _curve_function(run_parts, steps)
         curves = compiled[setting]
         if config.algo == "maml2":
-            curve, picked = jax.device_get(curves(theta, category_params, tasks, key, reset=True))
+            # An automatic N may leave slots idle: the reset never picks one.
+            meaning, active = _category_meaning(path, config.meta.slots)
+            curve, picked = jax.device_get(curves(theta, category_params, tasks, key, reset=True, active=active))
             per_task["maml2"].append(curve)
             runs["maml2"].append(path)
-            meaning = _category_meaning(path, config.meta.categories)
             for t, c in zip(truth, picked):
                 counts = chosen.setdefault(str(t), {})
                 picked_truth = str(meaning[int(c)])

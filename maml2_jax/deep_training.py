@@ -5,7 +5,8 @@ Both algorithms are the engine of :mod:`maml2_jax.core.train`:
 * ``algo="maml"``: one category, fresh tasks from the family at every step
   (MAML's customary sampling);
 * ``algo="maml2"``: N categories of a pool of tasks drawn once, re-classified every
-  R outer iterations.
+  R outer iterations; with ``meta.categories="auto"`` N is chosen at every
+  classification, in ``meta.max_categories`` slots (idle ones masked).
 
 The meta-update rule is MAML-TRPO (``rule="trpo"``, the customary one) or a
 meta-gradient through an optax optimiser (``"adam"``, ``"sgd"``).
@@ -141,8 +142,11 @@ class TrainConfig:
                            ("meta", MetaConfig)):
             if not isinstance(getattr(self, name), kind):
                 raise ConfigError(f"{name} must be a {kind.__name__}, got {type(getattr(self, name)).__name__}")
-        if self.algo == "maml2" and self.meta.categories > self.pool_size:
-            raise ConfigError(f"cannot make {self.meta.categories} categories of a pool of {self.pool_size} tasks")
+        if self.algo == "maml" and self.meta.automatic:
+            raise ConfigError("categories 'auto' needs --algo maml2: MAML has one category")
+        if self.algo == "maml2" and self.meta.slots > self.pool_size:
+            what = "up to " if self.meta.automatic else ""
+            raise ConfigError(f"cannot make {what}{self.meta.slots} categories of a pool of {self.pool_size} tasks")
 
     @property
     def iterations(self) -> int:
@@ -212,7 +216,7 @@ def memory_estimate(config: TrainConfig, tasks: tuple[str, int] | None = None,
         else brax_tasks.BraxTaskConfig().horizon
     if tasks is None:
         if config.algo == "maml2":
-            parallel = config.meta.categories if config.meta.outer_update == "parallel" else 1
+            parallel = config.meta.slots if config.meta.outer_update == "parallel" else 1
             # The classification adapts the whole pool at once, a category step B tasks
             # of every category (parallel) or of one.
             tasks = max(("--pool-size", config.pool_size),
@@ -316,17 +320,25 @@ def shared_parts(config: TrainConfig, mesh=None) -> Parts:
     return parts
 
 
-def _row(i: int, metrics: dict, seconds: float, classified: bool, labels=None) -> dict:
-    """The metrics line of one iteration: means over categories, and per category for N > 1."""
+def _row(i: int, metrics: dict, seconds: float, classified: bool, labels=None, active=None) -> dict:
+    """The metrics line of one iteration: means over categories, and per category for N > 1.
+
+    ``active`` (``[S]`` bool, an automatic N): the means cover the active slots only, an
+    idle slot's per-category entry is null, and a classified row logs the chosen N as
+    ``categories``.
+    """
     row = {"iteration": i}
     for name, value in metrics.items():
         value = np.asarray(value, np.float64)
-        row[name] = files.finite(float(value.mean()))
+        on = np.ones(value.shape[:1], bool) if active is None else np.asarray(active)
+        row[name] = files.finite(float((value if active is None else value[on]).mean()))
         if value.size > 1:
-            row[f"category_{name}"] = [files.finite(float(v)) for v in value]
+            row[f"category_{name}"] = [files.finite(float(v)) if o else None for v, o in zip(value, on)]
     row["classified"] = classified
     if labels is not None:
         row["labels"] = np.asarray(labels).tolist()
+        if active is not None:
+            row["categories"] = int(np.sum(active))
     row["seconds"] = seconds
     return row
 
@@ -439,7 +451,10 @@ def train(config: TrainConfig, out: str | None = None, progress: Callable[[dict]
             labels = None
             if classified:
                 labels = state.labels if config.seeds == 1 else state.labels[s]
-            row = _row(i, per_seed, now - last[0], classified, labels)
+            active = None
+            if config.meta.automatic:
+                active = np.asarray(engine_lib.active(state)).reshape(config.seeds, -1)[s]
+            row = _row(i, per_seed, now - last[0], classified, labels, active)
             histories[s].append(row)
             if logs:
                 logs[s].append(row)
@@ -473,7 +488,8 @@ def _save(out: str, config: TrainConfig, state: RunState, history: list[dict], s
         files.write_bytes(os.path.join(out, "category_params.msgpack"), serialization.to_bytes(state.category_params))
         categories = {"pool": np.asarray(state.source.pool).tolist(),
                       "pool_categories": np.asarray(state.source.truth).tolist(),
-                      "classifications": [{"iteration": row["iteration"], "labels": row["labels"]}
+                      "classifications": [{"iteration": row["iteration"], "labels": row["labels"],
+                                           "categories": len(set(row["labels"]))}
                                           for row in history if row.get("classified")]}
         files.write_json(os.path.join(out, "categories.json"), categories)
     files.write_bytes(os.path.join(out, "params.msgpack"), serialization.to_bytes(state.theta))
@@ -543,7 +559,7 @@ def load_run(path: str):
     theta = _read_msgpack(os.path.join(path, "params.msgpack"), template)
     category_params = None
     if config.algo == "maml2":
-        stacked = jax.tree.map(lambda x: jnp.broadcast_to(x, (config.meta.categories,) + x.shape), template)
+        stacked = jax.tree.map(lambda x: jnp.broadcast_to(x, (config.meta.slots,) + x.shape), template)
         category_params = _read_msgpack(os.path.join(path, "category_params.msgpack"), stacked)
         _check_categories(os.path.join(path, "categories.json"), config, parts.family.num_categories)
     return config, parts, theta, category_params
@@ -595,9 +611,9 @@ def _check_categories(path: str, config: TrainConfig, num_truth: int) -> None:
         raise ConfigError(f"{path} is damaged: pool_categories is not one category in 0..{num_truth - 1} per task")
     classifications = record.get("classifications")
     if not isinstance(classifications, list) or not classifications or not all(
-            isinstance(c, dict) and labels(c.get("labels"), config.meta.categories) for c in classifications):
+            isinstance(c, dict) and labels(c.get("labels"), config.meta.slots) for c in classifications):
         raise ConfigError(f"{path} is damaged: classifications do not label the pool with "
-                          f"categories 0..{config.meta.categories - 1}")
+                          f"categories 0..{config.meta.slots - 1}")
 
 
 def _read_msgpack(path: str, template):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 
 import numpy as np
@@ -32,6 +33,7 @@ def summarize(result: GridworldResult) -> dict:
     the test episodes and all runs}}; ``mean_steps_after_reset`` (the same over the
     episodes after ``reset_after``); ``curves`` and ``curves_ci95`` {method: {group:
     [E]}}; ``per_task`` {method: {task: [E]}}; ``categories`` [R][T] k-means labels;
+    ``num_categories`` [R] each run's N (chosen per run with ``categories="auto"``);
     ``readapt_category`` [R][T] the category MAML² reset to; ``config``;
     ``phase_seconds``; ``seconds``.
     """
@@ -59,6 +61,7 @@ def summarize(result: GridworldResult) -> dict:
         for t in range(steps.shape[1]):
             summary["per_task"][method][str(t)] = steps[:, t].mean(axis=0).tolist()
     summary["categories"] = result.labels.tolist()
+    summary["num_categories"] = result.categories.tolist()
     summary["readapt_category"] = result.chosen.tolist()
     summary["config"] = dataclasses.asdict(config)  # tuples serialise as JSON lists
     summary["phase_seconds"] = dict(result.phase_seconds)
@@ -77,6 +80,13 @@ def table(summary: dict) -> str:
     for method, by_group in summary["mean_steps"].items():
         lines.append(f"{method:<16}" + "".join(f"{by_group[g]:>{width}.1f}" for g in groups))
     return "\n".join(lines)
+
+
+def chosen_categories(summary: dict) -> str:
+    """One line: how often each N was chosen, e.g. ``N chosen in 50 runs: 2 in 46, 1 in 4``."""
+    counts = collections.Counter(summary["num_categories"])
+    parts = ", ".join(f"{n} in {count}" for n, count in sorted(counts.items(), key=lambda item: (-item[1], item[0])))
+    return f"N chosen in {sum(counts.values())} runs: {parts}"
 
 
 def published_checks(summary: dict) -> dict:

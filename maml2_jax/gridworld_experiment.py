@@ -6,7 +6,7 @@ MAML² (update-tendency reset), MAML² without reset, MAML and learning from scr
 Runs and tasks are lanes of four compiled programs, so 50 runs cost one compile each:
 
 1. ``classify``   — lanes R × T, ``Adapt(θ_init, T_i, 2000)``;
-2. k-means        — host side, per run;
+2. k-means        — host side, per run (with ``categories="auto"`` N is chosen per run too);
 3. ``train``      — MAML² (lanes R) and MAML (lanes R) meta-training;
 4. ``test``       — lanes 4 methods × R × T, 10 episodes each.
 
@@ -29,7 +29,7 @@ import numpy as np
 
 from maml2_jax import adaptation, lane_maml2, sharding
 from maml2_jax.core import classification
-from maml2_jax.core.config import MetaConfig
+from maml2_jax.core.config import AUTO, MetaConfig, check_categories
 from maml2_jax.envs.gridworld import NUM_ACTIONS, PUBLISHED_GOALS, PUBLISHED_GROUPS, GridWorld
 from maml2_jax.errors import (INT32_MAX, ConfigError, NonFiniteError, check_float, check_int, check_positive_int,
                               check_seed)
@@ -45,7 +45,10 @@ class GridworldConfig:
     Attributes:
       runs: independent runs (each redoes classification, meta-training, testing).
       seed: master seed; run r uses ``fold_in(PRNGKey(seed), r)``.
-      categories: N, number of task categories (k-means clusters).
+      categories: N, number of task categories (k-means clusters), or ``"auto"``: N
+        chosen per run from the features
+        (:func:`~maml2_jax.core.classification.choose_categories`), 1 … ``max_categories``.
+      max_categories: N_max, the category slots of an automatic N (ignored otherwise).
       outer_iterations: K_out of MAML².
       inner_iterations: K_in, CatMeta steps per category per outer iteration.
       maml_iterations: meta-iterations of the MAML baseline.
@@ -64,7 +67,8 @@ class GridworldConfig:
 
     runs: int = 50
     seed: int = 0
-    categories: int = 3
+    categories: int | str = 3
+    max_categories: int = 4
     outer_iterations: int = 20
     inner_iterations: int = 10
     maml_iterations: int = 3000
@@ -80,7 +84,8 @@ class GridworldConfig:
     groups: tuple[tuple[int, ...], ...] | None = None
 
     def __post_init__(self):
-        for name in ("runs", "categories", "classify_episodes", "maml_iterations", "test_episodes", "reset_after"):
+        object.__setattr__(self, "categories", check_categories(self.categories, self.max_categories))
+        for name in ("runs", "classify_episodes", "maml_iterations", "test_episodes", "reset_after"):
             check_positive_int(name.replace("_", " "), getattr(self, name))
         check_seed("seed", self.seed)
         if not isinstance(self.world, GridWorld):
@@ -88,7 +93,10 @@ class GridworldConfig:
         if not isinstance(self.sarsa, SarsaConfig):
             raise ConfigError(f"sarsa must be a SarsaConfig, got {type(self.sarsa).__name__}")
         num_tasks = self.world.num_tasks
-        if not 1 <= self.categories <= num_tasks:
+        if self.automatic and self.max_categories > num_tasks:
+            raise ConfigError(f"max categories must be at most the number of tasks ({num_tasks}), "
+                              f"got {self.max_categories}")
+        if not self.automatic and self.categories > num_tasks:
             raise ConfigError(f"categories must be between 1 and the number of tasks ({num_tasks}), got {self.categories}")
         if not 1 <= self.reset_after < self.test_episodes:
             raise ConfigError(
@@ -109,6 +117,16 @@ class GridworldConfig:
         if self.groups is not None:
             object.__setattr__(self, "groups", _check_groups(self.groups, num_tasks))
 
+    @property
+    def automatic(self) -> bool:
+        """Whether each run chooses its N from the features."""
+        return self.categories == AUTO
+
+    @property
+    def slots(self) -> int:
+        """Category parameter sets per run: N, or N_max for an automatic N."""
+        return self.max_categories if self.automatic else self.categories
+
     def schedule(self) -> lane_maml2.Schedule:
         return lane_maml2.Schedule(
             self.outer_iterations, self.inner_iterations, self.adapt_episodes, self.beta, self.stop_tolerance,
@@ -117,7 +135,8 @@ class GridworldConfig:
 
     def meta_config(self) -> MetaConfig:
         """The schedule in the vocabulary shared with the deep track."""
-        return MetaConfig(categories=self.categories, outer_iterations=self.outer_iterations,
+        return MetaConfig(categories=self.categories, max_categories=self.max_categories,
+                          outer_iterations=self.outer_iterations,
                           inner_iterations=self.inner_iterations, outer_update=self.outer_update,
                           classify_from="init", stop_tolerance=self.stop_tolerance)
 
@@ -159,7 +178,8 @@ class GridworldResult:
 
     Attributes:
       steps: ``[4 methods, R, T, E]`` steps of every test episode (order: METHODS).
-      labels: ``[R, T]`` category of each task in each run.
+      labels: ``[R, T]`` category of each task in each run (0..N−1 of that run, every
+        one used).
       chosen: ``[R, T]`` category MAML²'s update tendency picked on each test task.
       phase_seconds: wall time of each phase (compile included).
       agent_steps: agent steps (action choices) of each compiled phase, all lanes.
@@ -173,6 +193,11 @@ class GridworldResult:
     phase_seconds: dict
     agent_steps: dict
     seconds: float
+
+    @property
+    def categories(self) -> np.ndarray:
+        """``[R]`` N of each run (``config.categories`` unless automatic)."""
+        return np.asarray(self.labels).max(axis=1) + 1
 
 
 def run_keys(seed: int, runs: int) -> jax.Array:
@@ -194,8 +219,11 @@ def build(config: GridworldConfig, mesh: jax.sharding.Mesh | None = None):
 
     Returns ``(classify, train, test)``:
       ``classify(keys [R]) -> (features [R, T, F], ticks)``;
-      ``train(members [R, N, T], k_maml2 [R], k_maml [R]) -> (θ, θ_c, θ_maml, ticks)``;
-      ``test(θ, θ_c, θ_maml, keys [R]) -> (steps [R, 4, T, E], chosen [R, T], ticks)``.
+      ``train(members [R, S, T], k_maml2 [R], k_maml [R]) -> (θ, θ_c, θ_maml, ticks)``;
+      ``test(θ, θ_c, θ_maml, keys [R], active [R, S]) -> (steps [R, 4, T, E], chosen [R, T], ticks)``.
+    S is ``config.slots``; a run's non-empty categories come first in ``members``,
+    and ``active`` (its non-empty slots; None: all, which a fixed N has) keeps the
+    update tendency off the others (with a mesh it must be given).
     ``ticks`` holds the agent steps (action choices) of each run's lanes (−1 where
     not counted: the parallel mode's training).
     """
@@ -241,7 +269,7 @@ def build(config: GridworldConfig, mesh: jax.sharding.Mesh | None = None):
         ticks = jnp.stack([state.ticks[:runs], state.ticks[runs:]], axis=1)
         return state.theta[:runs], state.category_params[:runs], state.theta[runs:], ticks
 
-    def test(theta, category_params, theta_maml, keys):
+    def test(theta, category_params, theta_maml, keys, active=None):
         runs = keys.shape[0]
         num_methods = len(METHODS)
         starts = jnp.stack([theta, theta, theta_maml, lanes_of(learner.init_params(), runs)])  # [M, R, ...]
@@ -251,11 +279,13 @@ def build(config: GridworldConfig, mesh: jax.sharding.Mesh | None = None):
             return x.reshape((-1,) + x.shape[3:])
 
         lane_cats = lanes(jnp.broadcast_to(category_params, (num_methods,) + category_params.shape))
+        lane_active = None if active is None else lanes(jnp.broadcast_to(active, (num_methods,) + active.shape))
         lane_keys = jnp.tile(_per_task_keys(keys, num_tasks).reshape(-1), num_methods)
         lane_goals = jnp.tile(goals, num_methods * runs)
         reset = jnp.repeat(jnp.arange(num_methods) == METHODS.index("maml2"), runs * num_tasks)
         agents, chosen = lane_maml2.readapt(
-            learner, lanes(starts), lane_cats, lane_goals, lane_keys, config.test_episodes, reset, config.reset_after
+            learner, lanes(starts), lane_cats, lane_goals, lane_keys, config.test_episodes, reset, config.reset_after,
+            lane_active,
         )
         steps = jax.vmap(learner.performance)(agents).reshape(num_methods, runs, num_tasks, -1)
         ticks = jnp.swapaxes(agents.choices.reshape(num_methods, runs, num_tasks), 0, 1)
@@ -264,16 +294,22 @@ def build(config: GridworldConfig, mesh: jax.sharding.Mesh | None = None):
     return (
         sharding.shard_runs(classify, mesh, 1),
         sharding.shard_runs(train, mesh, 3),
-        sharding.shard_runs(test, mesh, 4),
+        sharding.shard_runs(test, mesh, 5),
     )
 
 
-def categorize(features, keys, categories: int) -> np.ndarray:
+def categorize(features, keys, categories, slots: int | None = None) -> np.ndarray:
     """Host-side k-means of every run: ``[R, T, F]`` features -> ``[R, T]`` labels.
 
-    Run r's k-means seed is drawn from ``keys[r]``.
+    Run r's k-means seed is drawn from ``keys[r]``. ``categories``: N, or ``"auto"``
+    to choose each run's N in 1 … ``slots`` from its features; either way a run's
+    labels are 0..N−1, every one used (the lane machine wants its non-empty
+    categories first).
     """
     seeds = np.asarray(jax.vmap(lambda k: jax.random.randint(k, (), 0, 2**31 - 1))(keys))
+    if categories == AUTO:
+        return np.stack([classification.classify_slots(f, AUTO, slots, int(s)).labels
+                         for f, s in zip(np.asarray(features), seeds)])
     return np.stack([classification.kmeans_labels(f, categories, int(s)) for f, s in zip(np.asarray(features), seeds)])
 
 
@@ -341,7 +377,7 @@ def run(config: GridworldConfig, progress: Callable[[str], None] | None = None,
     padded = keys.shape[0]
     templates = {"classify": lambda: shapes(classify, keys[:, 0]),
                  "k-means": lambda: np.zeros((padded, config.world.num_tasks), np.int32)}
-    templates["train"] = lambda: shapes(train, jnp.zeros((padded, config.categories, config.world.num_tasks), bool),
+    templates["train"] = lambda: shapes(train, jnp.zeros((padded, config.slots, config.world.num_tasks), bool),
                                         keys[:, 2], keys[:, 3])
     done = 0
     if checkpoints is not None and checkpoints.latest() is not None:
@@ -363,11 +399,14 @@ def run(config: GridworldConfig, progress: Callable[[str], None] | None = None,
         return outputs[name]
 
     features, classify_steps = stage(0, "classify", lambda: classify(keys[:, 0]))
-    labels = stage(1, "k-means", lambda: categorize(features, keys[:, 1], config.categories).astype(np.int32))
-    members = classification.membership(labels, config.categories)
+    labels = stage(1, "k-means", lambda: categorize(features, keys[:, 1], config.categories,
+                                                    config.slots).astype(np.int32))
+    members = classification.membership(labels, config.slots)
+    active = members.any(axis=-1)  # [R, S]
     theta, category_params, theta_maml, train_steps = stage(
         2, "train", lambda: train(jnp.asarray(members), keys[:, 2], keys[:, 3]))
-    steps, chosen, test_steps = stage(3, "test", lambda: test(theta, category_params, theta_maml, keys[:, 4]))
+    steps, chosen, test_steps = stage(
+        3, "test", lambda: test(theta, category_params, theta_maml, keys[:, 4], jnp.asarray(active)))
     runs = config.runs  # drop the padding runs
 
     def count(ticks):

@@ -239,7 +239,8 @@ def meta_train(learner: Learner, schedule: Schedule, theta, members, tasks, keys
       schedule: K_out, K_in, E, β, tolerance and the outer-update mode.
       theta: ``[R, ...]`` initial θ per run.
       members: ``[R, N, T]`` bool; ``members[r, c, t]`` says task t is in category c.
-        Every category must be non-empty.
+        A run's non-empty categories come first; the empty ones (idle slots of an
+        automatic N) keep θ_c = θ_init and do not move θ.
       tasks: ``[R, T, ...]`` the training tasks of every run.
       keys: ``[R]`` meta-training keys.
 
@@ -259,23 +260,45 @@ def meta_train(learner: Learner, schedule: Schedule, theta, members, tasks, keys
     def repeat(x):
         return jnp.repeat(x, num_categories, axis=0)
 
-    lane_members = members.reshape(runs * num_categories, 1, num_tasks)
+    active = jnp.any(members, axis=-1)  # [R, N]
+    # An idle slot's lane adapts on every task (a well-defined stand-in for an empty
+    # category) and its result is discarded: lane shapes stay static.
+    lane_members = jnp.where(active[..., None], members, True).reshape(runs * num_categories, 1, num_tasks)
     lane_tasks = jax.tree.map(repeat, tasks)
     lane_keys = repeat(keys)
     lane_category = jnp.tile(jnp.arange(num_categories, dtype=jnp.int32), runs)
 
     def outer_step(k, carry):
-        theta, _ = carry
+        theta, previous = carry
         offset = (k * num_categories + lane_category) * schedule.inner_iterations
         state = run_schedules(
             learner, jax.tree.map(repeat, theta), lane_members, lane_tasks, lane_keys, 1,
             schedule.inner_iterations, key_offset=offset, **common,
         )
         category_params = jax.tree.map(lambda x: x.reshape((runs, num_categories) + x.shape[1:]), state.theta)
-        return jax.vmap(mean_over_categories)(category_params), category_params
+        category_params = jax.tree.map(
+            lambda new, old: jnp.where(active.reshape(active.shape + (1,) * (new.ndim - 2)), new, old),
+            category_params, previous)
+        return jax.vmap(_mean_over_active)(category_params, active), category_params
 
     stack = jax.tree.map(lambda x: jnp.repeat(x[:, None], num_categories, axis=1), theta)
     return jax.lax.fori_loop(0, schedule.outer_iterations, outer_step, (theta, stack))
+
+
+def _mean_over_active(category_params, active):
+    """θ of the parallel mode: the mean of the active ``[N, ...]`` θ_c (one run).
+
+    With every slot active it is :func:`mean_over_categories` itself, bit for bit.
+    """
+    count = jnp.maximum(jnp.sum(active), 1)
+
+    def masked(x):
+        weights = active.reshape((-1,) + (1,) * (x.ndim - 1))
+        return (jnp.sum(jnp.where(weights, x, 0), axis=0) / count).astype(x.dtype)
+
+    everywhere = mean_over_categories(category_params)
+    return jax.tree.map(lambda a, b: jnp.where(jnp.all(active), a, b), everywhere,
+                        jax.tree.map(masked, category_params))
 
 
 def maml(learner: Learner, iterations: int, theta, tasks, keys, adapt_episodes: int = 5, beta: float = 1.0,

@@ -18,7 +18,9 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-LABELS = {"maml2": "MAML²", "maml2_no_reset": "MAML² (no reset)", "maml": "MAML", "lfs": "learning from scratch"}
+LABELS = {"maml2": "MAML²", "maml2_no_reset": "MAML² (no reset)", "maml": "MAML", "lfs": "learning from scratch",
+          "maml2-N2": "MAML² (N = 2)", "maml2-N3": "MAML² (N = 3)", "maml2-N4": "MAML² (N = 4)",
+          "maml2-auto": "MAML² (automatic N)"}
 
 # Widest first, lowest in the stack: a narrower line drawn over a wider one leaves
 # the wider one showing on both sides where the two coincide.
@@ -205,3 +207,30 @@ def return_figure(summary: dict, path: str) -> None:
     _panels(titles, summary["mean_return"], summary["ci95"], path, "adaptation steps",
             "mean return per episode", 0, False, isolated, reset_x=0.5,
             ylim_from=meta_learned or None)
+
+
+def online_figure(summary: dict, path: str, ylabel: str = "steps of the first episodes") -> None:
+    """Online setting: the score of each arrival, median over trials (log scale), a line per
+    method with the band between the trials' quartiles (a mean's normal band would reach
+    below zero where one trial's episodes are cut at the step limit).
+
+    Args:
+      summary: as made by :func:`maml2_jax.online.summarize`.
+      path: output image path (PNG).
+    """
+    fig = Figure(figsize=(8.5, 4.2), layout="constrained")
+    ax = fig.subplots()
+    for index, method in enumerate(summary["methods"]):
+        median = np.asarray(summary["per_arrival_median"][method])
+        low, high = np.asarray(summary["per_arrival_quartiles"][method])
+        x = np.arange(1, len(median) + 1)
+        style = _style(method, index)
+        ax.plot(x, median, label=LABELS.get(method, method), color=style["color"], linestyle=style["linestyle"],
+                linewidth=style["linewidth"], marker=style["marker"], markersize=3)
+        ax.fill_between(x, low, high, color=style["color"], alpha=0.1)
+    ax.set_yscale("log")
+    ax.set_xlabel("arriving task")
+    ax.set_ylabel(ylabel + " (median over trials)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.legend(loc="lower right", fontsize="small")
+    fig.savefig(path, dpi=120)
