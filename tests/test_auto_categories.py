@@ -211,6 +211,7 @@ def test_gridworld_auto_records_n_per_run_and_isolates_task_9(tmp_path, capsys):
         np.testing.assert_array_equal(labels[r], [0] * 9 + [1])
 
 
+@pytest.mark.slow  # a deep train and evaluate: ~35 s
 def test_train_auto_logs_n_and_evaluates_with_idle_slots(tmp_path):
     config = deep_training.TrainConfig(
         env="nav2d-isolated", algo="maml2", horizon=5, rule="sgd", pool_size=6, checkpoint_every=0,

@@ -59,6 +59,7 @@ def test_bad_config_refused():
     assert deep_online.method_categories("maml2-N3") == 3 and deep_online.method_categories("maml2-auto") == "auto"
 
 
+@pytest.mark.slow  # compiles the deep programs for 3 trials: ~3 min on 2 cores
 def test_arrivals_shared_across_methods(batch):
     states, records = batch
     starts = deep_online.init_states(CONFIG, range(CONFIG.trials))
@@ -75,6 +76,7 @@ def test_arrivals_shared_across_methods(batch):
     assert not np.array_equal(np.asarray(states["maml"].source.pool[0]), np.asarray(states["maml"].source.pool[1]))
 
 
+@pytest.mark.slow  # compiles the deep programs for 3 trials: ~3 min on 2 cores
 def test_trial_alone_equals_trial_in_batch(batch):
     states, records = batch
     # MAML² alone (its host classification is the part a batch could disturb): one more
@@ -101,6 +103,7 @@ def test_trial_alone_equals_trial_in_batch(batch):
                                   np.asarray(records["arrival_category"])[:, 2])
 
 
+@pytest.mark.slow  # compiles the deep programs for 3 trials: ~3 min on 2 cores
 def test_warm_start_continues_exactly(batch, tmp_path):
     states, records = batch
     first, partial = _advance(range(CONFIG.trials), stop=1)
@@ -115,6 +118,7 @@ def test_warm_start_continues_exactly(batch, tmp_path):
     assert rest_records == json.loads(json.dumps(records))
 
 
+@pytest.mark.slow  # compiles the deep programs for 3 trials: ~3 min on 2 cores
 def test_resume_equals_uninterrupted(batch, tmp_path):
     _, records = batch
     out = str(tmp_path / "run")
