@@ -81,7 +81,6 @@ from sklearn.metrics import adjusted_rand_score
 from maml2_jax import deep_training
 from maml2_jax.core import task_sources
 from maml2_jax.core import train as engine_lib
-from maml2_jax.core.config import AUTO
 from maml2_jax.core.readaptation import adaptation_curve
 from maml2_jax.core.types import RunState, take
 from maml2_jax.envs import nav2d

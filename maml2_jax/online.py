@@ -393,20 +393,22 @@ def arrive(config: OnlineConfig, state: OnlineState, the_plan: Plan, map_fn: Cal
     state, members = classify_lanes(config, state, the_plan.kmeans_seeds[:, a], map_fn)
     goals = np.asarray(config.world.task_array())
 
-    def per_lane(values):
+    def per_lane(values):  # one value per method -> [L]
         return np.repeat(np.asarray(values), trials)
+
+    def tiled(x):  # each trial's value -> [L], the same for every method (common random numbers)
+        return jnp.tile(x, len(methods))
 
     count = state.active.sum(axis=1)
     # With one category there is nothing to choose: MAML² with N = 1 adapts as MAML does.
     resets = per_lane([m.reset for m in methods]) & (count >= 2)
     compact_active = np.arange(config.slots)[None, :] < count[:, None]
-    tiled = lambda x: jnp.tile(x, len(methods))  # noqa: E731 - the trial's keys for each method's lanes
     theta, steps, chosen, feature = build(_static(config)).arrive(
         jnp.asarray(state.theta), jnp.asarray(goals[state.pool]), jnp.asarray(members),
         jnp.asarray(per_lane([m.outer_iterations for m in methods]), jnp.int32),
         jnp.asarray(per_lane([m.inner_iterations for m in methods]), jnp.int32),
         jnp.asarray(resets), jnp.asarray(compact_active),
-        jnp.asarray(np.tile(goals[the_plan.arriving[:, a]], len(methods))),
+        tiled(goals[the_plan.arriving[:, a]]),
         tiled(the_plan.meta_keys[:, a]), tiled(the_plan.adapt_keys[:, a]))
     theta, feature = np.asarray(theta), np.asarray(feature)
     _check_finite(f"handling arrival {a}", np.concatenate([theta.reshape(len(theta), -1), feature], axis=1))
@@ -417,7 +419,12 @@ def arrive(config: OnlineConfig, state: OnlineState, the_plan: Plan, map_fn: Cal
     # The slot reset to, from its place among the active slots.
     slot_of = np.argsort(~state.active, axis=1, kind="stable")
     chosen = np.where(resets, slot_of[lanes, np.asarray(chosen)], -1)
-    record = lambda old, new: np.concatenate([old[:, :a], new[:, None], old[:, a + 1:]], axis=1)  # noqa: E731
+
+    def record(old, new):  # ``new`` [L] as arrival a's entry of ``old`` [L, A, ...]
+        old = old.copy()
+        old[:, a] = new
+        return old
+
     return state._replace(theta=theta, pool=pool, features=features, size=state.size + 1,
                           steps=record(state.steps, np.asarray(steps)), chosen=record(state.chosen, chosen),
                           categories=record(state.categories, count.astype(np.int32)),
@@ -488,7 +495,10 @@ def run(config: OnlineConfig, progress: Callable[[int, int], None] | None = None
                 checkpoints.save(int(state.arrival), tuple(state))
             say(int(state.arrival), config.arrivals)
     methods = config.lanes()
-    split = lambda x: x.reshape((len(methods), len(trial_ids)) + x.shape[1:])  # noqa: E731
+
+    def split(x):  # [L, ...] -> [M, T, ...]
+        return x.reshape((len(methods), len(trial_ids)) + x.shape[1:])
+
     return OnlineResult(config, tuple(m.name for m in methods), split(state.steps), the_plan.arriving,
                         split(state.categories), split(state.chosen), time.perf_counter() - started)
 

@@ -10,9 +10,9 @@ from maml2_jax import online, plotting
 from maml2_jax.errors import ConfigError
 from maml2_jax.io.checkpoint import Checkpoints
 
-TINY = online.OnlineConfig(trials=2, arrivals=3, methods=("maml2-N2", "maml2-auto", "maml"), max_categories=3, classify_episodes=300,
-                           arrival_episodes=60, recorded_episodes=5, outer_iterations=2, inner_iterations=3,
-                           maml_iterations=6, references=4, stop_tolerance=0.0)
+TINY = online.OnlineConfig(trials=2, arrivals=3, methods=("maml2-N2", "maml2-auto", "maml"), max_categories=3,
+                           classify_episodes=300, arrival_episodes=60, recorded_episodes=5, outer_iterations=2,
+                           inner_iterations=3, maml_iterations=6, references=4, stop_tolerance=0.0)
 
 
 @pytest.fixture(scope="module")
