@@ -9,7 +9,9 @@ ablation, MAML and learning from scratch on every run; it prints a table and wri
 policy (deep track: MAML-TRPO, or deep MAML² with categories) and writes
 ``DIR/metrics.jsonl``, the parameters and ``DIR/summary.json``. ``maml2 evaluate DIR
 --out EVAL`` adapts the runs found in DIR (and learning from scratch) on fresh tasks
-and writes ``EVAL/summary.json`` and ``EVAL/adaptation.png``.
+and writes ``EVAL/summary.json`` and ``EVAL/adaptation.png``. ``maml2 online --out DIR``
+runs the online setting (tasks arriving one at a time) on the grid world or a deep
+family and writes ``DIR/summary.json`` and ``DIR/online.png``.
 
 Conventions shared by the commands: settings from ``--config FILE`` with flags
 overriding it; progress on stderr (``--quiet`` silences it), results on stdout;
