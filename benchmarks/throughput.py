@@ -1,20 +1,32 @@
-"""Env-steps per second of meta-training on a task family, against a random-action ceiling.
+"""Env-steps per second of meta-training on a brax family, against a random-action
+ceiling and brax's own PPO trainer on the same device.
 
-For a family, backend, number of tasks, trajectories and horizon, it compiles one
-MAML-TRPO meta-iteration (tasks split over devices as ``maml2 train --devices N``
-splits them, N from ``--devices``), then times ``--iterations`` iterations (median)
-and reports
+For a family, backend, trajectories and horizon, and each (tasks, seeds) of the sweep,
+it compiles one MAML-TRPO meta-iteration (seeds vmapped, tasks split over the devices
+as ``maml2 train --devices N`` splits them), times ``--iterations`` calls (median) and
+reports
 
-* seconds per meta-iteration and env-steps/s of meta-training — every rollout, the
-  inner update, the meta-gradient, CG and the line search inside the timed call; the
-  steps counted are the sampled ones, (K + 1) · tasks · trajectories · horizon;
-* the ceiling: a plain batched rollout of the same env with uniform random actions,
-  the same number of env steps on the same devices, and our ratio to it.
+* seconds per meta-iteration and env-steps/s of meta-training: every rollout, the
+  inner update, the meta-gradient, CG and the line search are inside the timed call;
+  the steps counted are the sampled ones, seeds · (K + 1) · tasks · trajectories · horizon;
+* the memory of the compiled iteration (XLA's arguments + outputs + temporaries) and,
+  where the device reports it (GPUs, TPUs), its peak bytes in use;
+* the ceiling: a batched rollout of the same number of env steps with uniform random
+  actions on the same devices, and the ratio to it.
 
-``--sweep 8,16,32`` repeats this over task counts and prints a scaling table.
+Every size is first checked against the devices' memory (the lower bound of
+``maml2 train``): one that cannot fit is refused with the reason, before anything
+compiles, and the sweep goes on with the others.
+
+The yardstick, ``--ppo-envs E`` (0 skips it): brax's PPO trainer
+(``brax.training.agents.ppo``) on the robot's own brax environment with the same
+backend, episode length and devices, with brax's published HalfCheetah settings
+(unroll 20, 32 minibatches, 8 updates per batch) and batch size E/4. Its env-steps/s is
+brax's own ``training/sps``, the median over three epochs after two warm-up ones.
 
     python benchmarks/throughput.py --env halfcheetah-vel --tasks 8 --trajectories 4 --horizon 50
-    python benchmarks/throughput.py --env halfcheetah-vel --sweep 8,16,32 --out benchmarks/results/throughput-cpu-2core.json
+    python benchmarks/throughput.py --sweep 8,32,128 --seeds 1,4 --ppo-envs 256 \\
+        --out benchmarks/results/throughput-cpu-2core.json
 """
 
 from __future__ import annotations
@@ -32,6 +44,8 @@ import jax.numpy as jnp  # noqa: E402
 
 import common  # noqa: E402  (beside this file)
 from maml2_jax import deep_training, envs  # noqa: E402
+from maml2_jax.core import train as engine_lib  # noqa: E402
+from maml2_jax.errors import ConfigError  # noqa: E402
 from maml2_jax.learners.policy_gradient import PolicyGradientConfig  # noqa: E402
 
 
@@ -42,6 +56,29 @@ def _median_seconds(call, count):
         jax.block_until_ready(call(i))
         seconds.append(time.perf_counter() - t0)
     return statistics.median(seconds), seconds
+
+
+def compiled_bytes(compiled) -> int | None:
+    """Bytes XLA plans for one call of ``compiled``: arguments + outputs + temporaries
+    (less what outputs alias); None where the backend does not say."""
+    analysis = compiled.memory_analysis()
+    if analysis is None:
+        return None
+    return (analysis.argument_size_in_bytes + analysis.output_size_in_bytes + analysis.temp_size_in_bytes
+            - analysis.alias_size_in_bytes)
+
+
+def peak_device_bytes() -> int | None:
+    """The largest ``peak_bytes_in_use`` of the local devices (GPUs, TPUs); None on CPUs."""
+    peaks = []
+    for device in jax.local_devices():
+        try:
+            stats = device.memory_stats()
+        except (RuntimeError, NotImplementedError):
+            stats = None
+        if stats and "peak_bytes_in_use" in stats:
+            peaks.append(int(stats["peak_bytes_in_use"]))
+    return max(peaks) if peaks else None
 
 
 def random_rollout_ceiling(family, tasks, trajectories, mesh, key, count):
@@ -72,19 +109,23 @@ def random_rollout_ceiling(family, tasks, trajectories, mesh, key, count):
     return {"compile_seconds": compile_seconds, "median_seconds": median, "env_steps_per_second": steps / median}
 
 
-def measure(family, num_tasks, trajectories, inner_steps, count, seed, devices=0):
-    # MAML is the engine with one category and fresh tasks, as maml2 train --algo maml runs it.
-    config = deep_training.TrainConfig(env=family.name, horizon=family.config.horizon,
-                                       backend=getattr(family.config, "backend", ""), meta_batch_size=num_tasks,
-                                       devices=devices, inner=PolicyGradientConfig(num_trajectories=trajectories,
-                                                                                   inner_steps=inner_steps))
-    # The device split maml2 train --devices would use (0: its default).
-    mesh = deep_training.mesh_for(config)
-    parts = deep_training.Parts(config, mesh)
-    key = jax.random.key(seed + 1)
-    state = {"run": parts.init(seed)}
+def train_config(args, num_tasks: int, seeds: int) -> deep_training.TrainConfig:
+    """The run whose meta-iteration is timed: MAML-TRPO, as ``maml2 train --algo maml``."""
+    return deep_training.TrainConfig(
+        env=args.env, horizon=args.horizon, backend=args.backend, meta_batch_size=num_tasks, seeds=seeds,
+        devices=args.devices, inner=PolicyGradientConfig(num_trajectories=args.trajectories,
+                                                         inner_steps=args.inner_steps))
+
+
+def measure(config: deep_training.TrainConfig, count: int, key) -> dict:
+    """One row of the table (impure: compiles, times)."""
+    mesh = deep_training.mesh_for(config)  # refuses what cannot fit, before compiling
+    parts = deep_training.shared_parts(config, mesh)
+    seeds = config.seeds
+    step = engine_lib.over_seeds(parts.engine)[0] if seeds > 1 else parts.engine.step
+    state = {"run": parts.init_seeds()}
     t0 = time.perf_counter()
-    compiled = parts.engine.step.lower(state["run"]).compile()
+    compiled = step.lower(state["run"]).compile()
     compile_seconds = time.perf_counter() - t0
 
     def call(i):
@@ -92,15 +133,54 @@ def measure(family, num_tasks, trajectories, inner_steps, count, seed, devices=0
         return metrics
 
     median, seconds = _median_seconds(call, count)
-    steps = (inner_steps + 1) * num_tasks * trajectories * family.config.horizon
-    tasks, _ = family.sample_tasks(key, num_tasks)
-    ceiling = random_rollout_ceiling(family, tasks, trajectories * (inner_steps + 1), mesh, key, count)
-    row = {"tasks": num_tasks, "trajectories": trajectories, "horizon": family.config.horizon,
-           "inner_steps": inner_steps, "devices_used": 1 if mesh is None else mesh.devices.size,
-           "compile_seconds": compile_seconds, "seconds_per_iteration": median, "all_seconds": seconds,
-           "env_steps_per_iteration": steps, "env_steps_per_second": steps / median,
-           "ceiling": ceiling, "ratio_to_ceiling": (steps / median) / ceiling["env_steps_per_second"]}
-    return row
+    family, inner = parts.family, config.inner
+    tasks_count, horizon = config.meta_batch_size, family.config.horizon
+    steps = seeds * (inner.inner_steps + 1) * tasks_count * inner.num_trajectories * horizon
+    tasks, _ = family.sample_tasks(key, tasks_count)
+    ceiling = random_rollout_ceiling(family, tasks, seeds * inner.num_trajectories * (inner.inner_steps + 1), mesh,
+                                     key, count)
+    return {"tasks": tasks_count, "seeds": seeds, "trajectories": inner.num_trajectories, "horizon": horizon,
+            "inner_steps": inner.inner_steps, "devices_used": 1 if mesh is None else mesh.devices.size,
+            "compile_seconds": compile_seconds, "seconds_per_iteration": median, "all_seconds": seconds,
+            "env_steps_per_iteration": steps, "env_steps_per_second": steps / median,
+            "compiled_bytes": compiled_bytes(compiled), "peak_device_bytes": peak_device_bytes(),
+            "ceiling": ceiling, "ratio_to_ceiling": (steps / median) / ceiling["env_steps_per_second"]}
+
+
+def brax_ppo(robot: str, backend: str, num_envs: int, episode_length: int, devices: int, epochs: int = 3,
+             warmup: int = 2) -> dict:
+    """Env-steps/s of brax's PPO trainer on ``robot``'s brax environment (impure: trains).
+
+    brax's published HalfCheetah settings, with ``num_envs`` environments and batch
+    size ``num_envs / 4``; ``warmup`` + ``epochs`` epochs of one training step each.
+    The warm-up epochs are dropped: the first compiles, and the second measured
+    10-15x slower than the later ones on a CPU (brax recompiles for its own outputs).
+    """
+    from brax import envs as brax_envs
+    from brax.training.agents.ppo import train as ppo
+    from jax._src import api as jax_api
+
+    # brax 0.14.2's PPO still calls jax.device_put_replicated, which jax 0.10 took out of
+    # its public namespace (the function itself is unchanged inside jax).
+    if not hasattr(jax, "device_put_replicated"):
+        jax.device_put_replicated = jax_api.device_put_replicated
+
+    if num_envs % 4 or num_envs % devices:
+        raise ConfigError(f"--ppo-envs must be a multiple of 4 and of the {devices} devices, got {num_envs}")
+    unroll, minibatches, batch = 20, 32, num_envs // 4
+    per_step = batch * minibatches * unroll  # env steps of one training step
+    sps = []
+    started = time.perf_counter()
+    ppo.train(environment=brax_envs.get_environment(robot, backend=backend), num_timesteps=(warmup + epochs) * per_step,
+              num_evals=warmup + epochs + 1, num_envs=num_envs, batch_size=batch, num_minibatches=minibatches,
+              unroll_length=unroll, num_updates_per_batch=8, episode_length=episode_length,
+              max_devices_per_host=devices, normalize_observations=True, run_evals=False, seed=0,
+              progress_fn=lambda step, metrics: sps.append(float(metrics["training/sps"])) if metrics else None)
+    timed = sps[warmup:]
+    return {"num_envs": num_envs, "batch_size": batch, "num_minibatches": minibatches, "unroll_length": unroll,
+            "episode_length": episode_length, "devices": devices, "env_steps_per_training_step": per_step,
+            "epochs_sps": sps, "env_steps_per_second": statistics.median(timed) if timed else None,
+            "wall_seconds": time.perf_counter() - started}
 
 
 def main():
@@ -112,28 +192,57 @@ def main():
     parser.add_argument("--horizon", type=int, default=50, help="steps per episode")
     parser.add_argument("--inner-steps", type=int, default=1)
     parser.add_argument("--iterations", type=int, default=5, help="timed iterations (median)")
-    parser.add_argument("--sweep", default="", help="comma-separated task counts, e.g. 8,16,32,...,1024")
+    parser.add_argument("--sweep", default="", help="comma-separated task counts, e.g. 8,64,512,4096")
+    parser.add_argument("--seeds", default="1", help="comma-separated seed counts (vmapped), e.g. 1,4")
     parser.add_argument("--devices", type=int, default=0,
-                        help="devices to split the tasks over, as maml2 train --devices (default 0: its default)")
+                        help="devices to split the tasks over, as maml2 train --devices (default 0: all)")
+    parser.add_argument("--ppo-envs", type=int, default=0,
+                        help="environments of the brax PPO yardstick (0: skip it; brax's own setting is 2048)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="benchmarks/results/throughput.json")
     args = parser.parse_args()
 
-    family = envs.make_task_family(args.env, args.horizon, args.backend)
     counts = [int(x) for x in args.sweep.split(",")] if args.sweep else [args.tasks]
-    rows = []
-    print(f"{args.env} ({family.config.backend if hasattr(family.config, 'backend') else 'jax'}), "
-          f"{args.trajectories} trajectories x {args.horizon} steps, on {jax.device_count()} x "
-          f"{jax.devices()[0].device_kind}")
-    print(f"{'tasks':>6} {'devices':>7} {'compile s':>10} {'s/iter':>8} {'meta-train steps/s':>19} {'ceiling steps/s':>16} {'ratio':>6}")
+    seed_counts = [int(x) for x in args.seeds.split(",")]
+    family = envs.make_task_family(args.env, args.horizon, args.backend)
+    backend = getattr(family.config, "backend", None)
+    print(f"{args.env} ({backend or 'jax'}), {args.trajectories} trajectories x {args.horizon} steps, "
+          f"on {jax.device_count()} x {jax.devices()[0].device_kind}")
+    # Every size is checked before the first compilation, so a refusal shows at once.
+    planned, refused = [], []
     for count in counts:
-        row = measure(family, count, args.trajectories, args.inner_steps, args.iterations, args.seed, args.devices)
+        for seeds in seed_counts:
+            config = train_config(args, count, seeds)
+            try:
+                deep_training.mesh_for(config)
+                planned.append(config)
+            except ConfigError as error:
+                refused.append({"tasks": count, "seeds": seeds, "refused": str(error)})
+                print(f"refused: {count} tasks x {seeds} seeds: {error}", flush=True)
+    rows = []
+    print(f"{'tasks':>6} {'seeds':>5} {'devices':>7} {'compile s':>10} {'s/iter':>8} {'meta-train steps/s':>19} "
+          f"{'ceiling steps/s':>16} {'ratio':>6} {'memory MiB':>11}")
+    for config in planned:
+        row = measure(config, args.iterations, jax.random.key(args.seed + 1))
         rows.append(row)
-        print(f"{count:>6} {row['devices_used']:>7} {row['compile_seconds']:>10.1f} {row['seconds_per_iteration']:>8.3f} "
-              f"{row['env_steps_per_second']:>19,.0f} {row['ceiling']['env_steps_per_second']:>16,.0f} "
-              f"{row['ratio_to_ceiling']:>6.2f}", flush=True)
-    common.save({"benchmark": "throughput", **common.machine(), "env": args.env,
-                 "backend": getattr(family.config, "backend", None), "rows": rows}, args.out)
+        memory = row["peak_device_bytes"] or row["compiled_bytes"]
+        print(f"{row['tasks']:>6} {row['seeds']:>5} {row['devices_used']:>7} {row['compile_seconds']:>10.1f} "
+              f"{row['seconds_per_iteration']:>8.3f} {row['env_steps_per_second']:>19,.0f} "
+              f"{row['ceiling']['env_steps_per_second']:>16,.0f} {row['ratio_to_ceiling']:>6.2f} "
+              f"{(memory or 0) / 2**20:>11,.0f}", flush=True)
+    ppo = None
+    if args.ppo_envs:
+        devices = rows[0]["devices_used"] if rows else (args.devices or jax.device_count())
+        robot = args.env.split("-")[0]
+        ppo = brax_ppo(robot, backend, args.ppo_envs, args.horizon, devices)
+        best = max((r["env_steps_per_second"] for r in rows), default=None)
+        share = f", meta-training's best is {best / ppo['env_steps_per_second']:.0%} of it" if best else ""
+        print(f"brax PPO ({robot}, {backend}, {args.ppo_envs} envs): {ppo['env_steps_per_second']:,.0f} env-steps/s"
+              f"{share}", flush=True)
+    common.save({"benchmark": "throughput", **common.machine(), "env": args.env, "backend": backend,
+                 "args": vars(args), "rows": rows, "refused": refused, "brax_ppo": ppo}, args.out)
+    if refused and not rows:
+        raise SystemExit("every size was refused (above): nothing was measured")
 
 
 if __name__ == "__main__":

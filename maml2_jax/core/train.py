@@ -234,7 +234,7 @@ def run(engine: Engine, state: RunState, iterations: int | None = None, callback
     iterations = engine.config.outer_iterations if iterations is None else iterations
     step, features = engine.step, engine.features
     if seeds:
-        step, features = _vmapped(engine)
+        step, features = over_seeds(engine)
     while (i := _iteration(state)) < iterations:
         classified = needs_classification(engine.config, i, bool(np.asarray(state.classified).reshape(-1)[0]))
         if classified:
@@ -263,7 +263,7 @@ def compile_steps(engine: Engine, state: RunState, seeds: bool = False) -> float
     cache, so the loop then reuses them.
     """
     started = time.perf_counter()
-    step, features = _vmapped(engine) if seeds else (engine.step, engine.features)
+    step, features = over_seeds(engine) if seeds else (engine.step, engine.features)
     if not hasattr(step, "lower"):  # an engine built with jit=False has nothing to compile
         return 0.0
     step.lower(state).compile()
@@ -295,6 +295,6 @@ def _vmapped_pair(step, features):
     return jax.jit(jax.vmap(step)), jax.jit(jax.vmap(features))
 
 
-def _vmapped(engine: Engine):
-    """The engine's step and features over a leading seeds axis, compiled once per engine."""
+def over_seeds(engine: Engine):
+    """``(step, features)`` of the engine over a leading seeds axis, compiled once per engine."""
     return _vmapped_pair(engine.step, engine.features)

@@ -86,10 +86,18 @@ mjx            20.1         950             15.3         15 700
 ``spring`` compiles fastest for both robots (17–30 % below the next), which dominates
 tests and short runs on a 2-core CPU, and steps fastest on the cheetah (2.4× the
 next); only mjx steps the ant faster (1.5×) at 1.6× its compile time. So ``spring``
-is the default; ``generalized`` (brax's own default, the closest to MuJoCo's
-dynamics) or ``mjx`` are the choice where fidelity matters more than time. Spring
-and positional use brax's retuned timesteps and gears for these robots, so a policy
-does not transfer between backends.
+is the default on CPUs. No GPU or TPU has measured the backends yet; until one does,
+the default is the same there (``benchmarks/brax_backends.py`` is the measurement).
+Spring and positional use brax's retuned timesteps and gears for these robots, so a
+policy does not transfer between backends.
+
+``mjx`` is MuJoCo itself, compiled by XLA (the ``mujoco-mjx`` package, through brax's
+mjx pipeline): the maintained physics, and the one whose dynamics match MuJoCo's. Its
+rewards are the same functions of the torso's motion as on every backend, checked
+against a hand computation for every family. This module only reads the torso's
+position and brax's observation, so a family on an MJX-native model (MuJoCo
+Playground's robots) is a new file providing ``reset``/``step`` with the same
+:class:`Motion`, not a change here.
 """
 
 from __future__ import annotations
