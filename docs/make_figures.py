@@ -10,6 +10,10 @@
   ``benchmarks/results/nav2d_isolated-eval-engine.json`` (what ``maml2 evaluate``
   wrote for 5 seeds of MAML² and MAML on nav2d-isolated; see docs/results.md), so no
   hour of training is needed.
+- ``docs/halfcheetah_dir.png``: the MAML-TRPO learning curve on halfcheetah-dir, from
+  the stored metrics ``benchmarks/results/halfcheetah_dir-curve.json`` (the
+  ``metrics.jsonl`` of ``maml2 train --env halfcheetah-dir --horizon 50 --iterations
+  150``; see docs/results.md).
 
 Impure: runs the experiment, writes the PNGs (atomically) and prints what it did.
 """
@@ -25,6 +29,7 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 NAV2D_SUMMARY = ROOT / "benchmarks" / "results" / "nav2d_isolated-eval-engine.json"
+CHEETAH_CURVE = ROOT / "benchmarks" / "results" / "halfcheetah_dir-curve.json"
 
 
 def gridworld() -> pathlib.Path:
@@ -56,7 +61,42 @@ def nav2d() -> pathlib.Path:
     return path
 
 
-FIGURES = {"gridworld": gridworld, "nav2d": nav2d}
+def halfcheetah_dir() -> pathlib.Path:
+    """``docs/halfcheetah_dir.png``: return before and after adaptation per meta-iteration."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from maml2_jax.io import files
+
+    rows = json.loads(CHEETAH_CURVE.read_text())["rows"]
+    iterations = np.asarray([r["iteration"] for r in rows])
+
+    def draw(tmp: str) -> None:
+        fig, axis = plt.subplots(figsize=(6.4, 3.6))
+        window = 10  # a trailing mean: one meta-iteration's 20 tasks are a noisy sample
+        for name, label in (("pre_return", "before adaptation (θ)"), ("post_return", "after one step")):
+            values = np.asarray([r[name] for r in rows])
+            smooth = np.convolve(values, np.ones(window) / window, mode="valid")
+            axis.plot(iterations, values, alpha=0.25, linewidth=0.8)
+            axis.plot(iterations[window - 1:], smooth, label=label, color=axis.lines[-1].get_color())
+        axis.set_xlabel("meta-iteration")
+        axis.set_ylabel("mean return per 50-step episode")
+        axis.set_title("MAML-TRPO on halfcheetah-dir (brax spring, CPU)")
+        axis.legend()
+        fig.tight_layout()
+        fig.savefig(tmp, format="png", dpi=120)
+        plt.close(fig)
+
+    path = DOCS / "halfcheetah_dir.png"
+    files.write_atomically(str(path), draw)
+    print(f"wrote {path.relative_to(ROOT)} (from {CHEETAH_CURVE.relative_to(ROOT)})")
+    return path
+
+
+FIGURES = {"gridworld": gridworld, "nav2d": nav2d, "halfcheetah": halfcheetah_dir}
 
 
 def main(argv=None) -> int:

@@ -437,6 +437,10 @@ def train(config: TrainConfig, out: str | None = None, progress: Callable[[dict]
     boards = [ScalarWriter(os.path.join(d, "tensorboard")) for d in dirs] if tensorboard else []
     stop = config.iterations if stop_after is None else min(stop_after, config.iterations)
     started = time.perf_counter()
+    # The step returns its state replicated over the mesh; starting there compiles it once.
+    placement = sharding.replicated(mesh)
+    if placement is not None:
+        state = jax.device_put(state, placement)
     if notify is not None and int(np.asarray(state.iteration).reshape(-1)[0]) < stop:
         notify("compiling the outer iteration (once per run) …")
         notify(f"compiled in {engine_lib.compile_steps(parts.engine, state, config.seeds > 1):.1f} s")
@@ -469,7 +473,7 @@ def train(config: TrainConfig, out: str | None = None, progress: Callable[[dict]
             checkpoints.save(done, state, {"iteration": done})
 
     try:
-        state = engine_lib.run(parts.engine, state, stop, callback, seeds=config.seeds > 1)
+        state = engine_lib.run(parts.engine, state, stop, callback, seeds=config.seeds > 1, placement=placement)
     finally:
         for closing in logs + boards:
             closing.close()

@@ -80,6 +80,12 @@ def constrain_tasks(tree, mesh: Mesh | None):
     return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, sharded), tree)
 
 
+def replicated(mesh: Mesh | None):
+    """A copy of every leaf on each device of ``mesh`` (None without a mesh): how the
+    task-sharded step returns a run state, and so how to hand it one."""
+    return None if mesh is None else NamedSharding(mesh, PartitionSpec())
+
+
 def shard_runs(fn: Callable, mesh: Mesh | None, num_args: int) -> Callable:
     """Jits ``fn`` with every argument and output split along its leading (run) axis.
 

@@ -211,7 +211,7 @@ def _iteration(state: RunState) -> int:
 
 
 def run(engine: Engine, state: RunState, iterations: int | None = None, callback: Callable | None = None,
-        seeds: bool = False) -> RunState:
+        seeds: bool = False, placement=None) -> RunState:
     """The host loop: classify when due, step, call back; until ``iterations`` are done.
 
     Impure: host k-means and whatever ``callback`` does.
@@ -223,6 +223,10 @@ def run(engine: Engine, state: RunState, iterations: int | None = None, callback
         restored state continues from its own iteration, so a resumed run repeats nothing.
       callback: ``(state, metrics, classified: bool) -> None`` after every step.
       seeds: the states carry a leading seeds axis; one compiled step trains all.
+      placement: a sharding for every leaf of the state (the step's own output
+        sharding, e.g. replicated over the task mesh), applied to ``state`` and to
+        each classified state. jit compiles once per input sharding: without it, the
+        host-built first and classified states would each compile the step again.
 
     Returns:
       The final state (the same type for every learner, rule and N).
@@ -235,6 +239,8 @@ def run(engine: Engine, state: RunState, iterations: int | None = None, callback
     step, features = engine.step, engine.features
     if seeds:
         step, features = over_seeds(engine)
+    place = (lambda tree: tree) if placement is None else (lambda tree: jax.device_put(tree, placement))
+    state = place(state)
     while (i := _iteration(state)) < iterations:
         classified = needs_classification(engine.config, i, bool(np.asarray(state.classified).reshape(-1)[0]))
         if classified:
@@ -245,6 +251,7 @@ def run(engine: Engine, state: RunState, iterations: int | None = None, callback
                 state = jax.tree.map(lambda *xs: jnp.stack(xs), *parts)
             else:
                 state = classify(state, f, engine.config.categories)
+            state = place(state)
         state, metrics = step(state)
         bad = [name for name, ok in jax.device_get(_finite(state, metrics)).items() if not ok]
         if bad:
