@@ -89,8 +89,7 @@ from maml2_jax.learners.policy_gradient import PolicyGradientConfig
 from maml2_jax.networks import PolicyConfig
 from maml2_jax.trpo import TRPOConfig
 
-algo = sys.argv[1]
-seeds = int(sys.argv[2]) if len(sys.argv) > 2 else 2
+algo, seeds = sys.argv[1], 2
 meta = dataclasses.replace(deep_training.DEEP_SCHEDULE, categories=2, outer_iterations=1, tasks_per_category=8,
                            classify_every=1)
 config = deep_training.TrainConfig(env="nav2d-isolated", horizon=10, algo=algo, seeds=seeds, meta_batch_size=8,
@@ -101,8 +100,7 @@ parts = deep_training.shared_parts(config, deep_training.mesh_for(config))
 start = parts.init_seeds()
 state, histories = deep_training.train(config)
 def flat(tree):
-    seed_trees = [jax.tree.map(lambda x: x[s], tree) for s in range(seeds)] if seeds > 1 else [tree]
-    return np.stack([ravel_pytree(t)[0] for t in seed_trees])
+    return np.stack([ravel_pytree(jax.tree.map(lambda x: x[s], tree))[0] for s in range(seeds)])
 print(json.dumps({"devices": len(jax.devices()), "update": (flat(state.theta) - flat(start.theta)).tolist(),
                   "labels": np.asarray(state.labels).tolist(),
                   "post_return": [h[-1]["post_return"] for h in histories]}))
