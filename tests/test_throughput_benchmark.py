@@ -10,7 +10,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def test_a_size_that_cannot_fit_is_refused_before_compiling(tmp_path):
     out = tmp_path / "throughput.json"
-    # 64 seeds x 4096 tasks x 2 batches x 20 trajectories x 200 steps of a 100-100
+    # 64 seeds x 4096 tasks x 2 batches x 20 trajectories x 200 steps of a 64-64
     # policy: terabytes by the lower bound, more than any machine this runs on.
     command = [sys.executable, os.path.join(ROOT, "benchmarks", "throughput.py"), "--sweep", "4096",
                "--seeds", "64", "--trajectories", "20", "--horizon", "200", "--out", str(out)]
