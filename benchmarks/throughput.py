@@ -70,14 +70,8 @@ def compiled_bytes(compiled) -> int | None:
 
 def peak_device_bytes() -> int | None:
     """The largest ``peak_bytes_in_use`` of the local devices (GPUs, TPUs); None on CPUs."""
-    peaks = []
-    for device in jax.local_devices():
-        try:
-            stats = device.memory_stats()
-        except (RuntimeError, NotImplementedError):
-            stats = None
-        if stats and "peak_bytes_in_use" in stats:
-            peaks.append(int(stats["peak_bytes_in_use"]))
+    peaks = [sharding.memory_stats(device).get("peak_bytes_in_use") for device in jax.local_devices()]
+    peaks = [int(p) for p in peaks if p is not None]
     return max(peaks) if peaks else None
 
 
@@ -117,9 +111,8 @@ def train_config(args, num_tasks: int, seeds: int) -> deep_training.TrainConfig:
                                                          inner_steps=args.inner_steps))
 
 
-def measure(config: deep_training.TrainConfig, count: int, key) -> dict:
-    """One row of the table (impure: compiles, times)."""
-    mesh = deep_training.mesh_for(config)  # refuses what cannot fit, before compiling
+def measure(config: deep_training.TrainConfig, mesh, count: int, key) -> dict:
+    """One row of the table (impure: compiles, times); ``mesh`` from ``mesh_for(config)``."""
     parts = deep_training.shared_parts(config, mesh)
     seeds = config.seeds
     step = engine_lib.over_seeds(parts.engine)[0] if seeds > 1 else parts.engine.step
@@ -214,16 +207,15 @@ def main():
         for seeds in seed_counts:
             config = train_config(args, count, seeds)
             try:
-                deep_training.mesh_for(config)
-                planned.append(config)
+                planned.append((config, deep_training.mesh_for(config)))  # refuses what cannot fit
             except ConfigError as error:
                 refused.append({"tasks": count, "seeds": seeds, "refused": str(error)})
                 print(f"refused: {count} tasks x {seeds} seeds: {error}", flush=True)
     rows = []
     print(f"{'tasks':>6} {'seeds':>5} {'devices':>7} {'compile s':>10} {'s/iter':>8} {'meta-train steps/s':>19} "
           f"{'ceiling steps/s':>16} {'ratio':>6} {'memory MiB':>11}")
-    for config in planned:
-        row = measure(config, args.iterations, jax.random.key(args.seed + 1))
+    for config, mesh in planned:
+        row = measure(config, mesh, args.iterations, jax.random.key(args.seed + 1))
         rows.append(row)
         memory = row["peak_device_bytes"] or row["compiled_bytes"]
         print(f"{row['tasks']:>6} {row['seeds']:>5} {row['devices_used']:>7} {row['compile_seconds']:>10.1f} "

@@ -113,17 +113,23 @@ def pad_runs(tree, multiple: int):
     return jax.tree.map(pad, tree)
 
 
+def memory_stats(device) -> dict:
+    """The device's memory statistics (``bytes_limit``, ``peak_bytes_in_use``, …); empty
+    for a backend that reports none (CPUs)."""
+    try:
+        return device.memory_stats() or {}
+    except (RuntimeError, NotImplementedError):
+        return {}
+
+
 def device_memory(devices=None) -> tuple[int, str]:
     """``(bytes, what)``: the memory of ``devices`` (default: every visible one) together;
     for CPU devices, which share it, this host's memory. Initialises JAX's backend."""
     devices = jax.devices() if devices is None else list(devices)
     limits = []
     for device in devices:
-        try:
-            stats = device.memory_stats()
-        except (RuntimeError, NotImplementedError):  # a backend that does not report
-            stats = None
-        if not stats or not stats.get("bytes_limit"):
+        stats = memory_stats(device)
+        if not stats.get("bytes_limit"):
             break
         limits.append(int(stats["bytes_limit"]))
     else:
