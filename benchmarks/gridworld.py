@@ -65,9 +65,10 @@ def main():
     compile_seconds["train"] = time.perf_counter() - t0
     trained = jax.block_until_ready(train_c(members, keys[:, 2], keys[:, 3]))
     t0 = time.perf_counter()
-    test_c = test.lower(*trained[:3], keys[:, 4]).compile()
+    active = members.any(axis=-1)
+    test_c = test.lower(*trained[:3], keys[:, 4], active).compile()
     compile_seconds["test"] = time.perf_counter() - t0
-    jax.block_until_ready(test_c(*trained[:3], keys[:, 4]))
+    jax.block_until_ready(test_c(*trained[:3], keys[:, 4], active))
     first_call_seconds = time.perf_counter() - wall_start
 
     samples = []
@@ -83,7 +84,7 @@ def main():
         *trained, ticks = jax.block_until_ready(train_c(members, keys[:, 2], keys[:, 3]))
         phase["train"], steps["train"] = time.perf_counter() - t0, ticks
         t0 = time.perf_counter()
-        *_, ticks = jax.block_until_ready(test_c(*trained, keys[:, 4]))
+        *_, ticks = jax.block_until_ready(test_c(*trained, keys[:, 4], members.any(axis=-1)))
         phase["test"], steps["test"] = time.perf_counter() - t0, ticks
         samples.append((phase, {k: int(np.asarray(v, np.int64)[: config.runs].sum()) for k, v in steps.items()}))
 

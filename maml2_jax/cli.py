@@ -174,7 +174,7 @@ def run_gridworld(args, explicit, status) -> None:
     import dataclasses
     import json
 
-    from maml2_jax import evaluation, gridworld_experiment, plotting
+    from maml2_jax import evaluation, gridworld_experiment
     from maml2_jax.io import files
     from maml2_jax.io.checkpoint import Checkpoints
 
@@ -214,10 +214,15 @@ def run_gridworld(args, explicit, status) -> None:
         f"K_out={config.outer_iterations}, K_in={config.inner_iterations}, "
         f"MAML {config.maml_iterations} it., {config.outer_update} outer update; writing {args.out}")
     checkpoints = Checkpoints(os.path.join(args.out, "checkpoint"), keep=len(gridworld_experiment.STAGES) - 1)
+    # The k-means and the figure need scikit-learn and matplotlib (~1 s to import):
+    # import them while the devices run the first stage.
+    _import_in_background("sklearn.cluster", "maml2_jax.plotting")
     try:
         result = gridworld_experiment.run(config, progress, checkpoints=checkpoints)
     finally:
         checkpoints.close()
+    from maml2_jax import plotting
+
     summary = evaluation.summarize(result)
     summary_path = os.path.join(args.out, "summary.json")
     figure_path = os.path.join(args.out, "adaptation.png")
@@ -229,6 +234,16 @@ def run_gridworld(args, explicit, status) -> None:
     if config.automatic:
         print(evaluation.chosen_categories(summary))
     print(f"{result.seconds:.1f} s; wrote {summary_path} and {figure_path}")
+
+
+def _import_in_background(*modules: str) -> None:
+    """Imports ``modules`` on a daemon thread (Python's import locks make a later import
+    of the same module wait for it, not import it twice)."""
+    import importlib
+    import threading
+
+    threading.Thread(target=lambda: [importlib.import_module(m) for m in modules], daemon=True,
+                     name="maml2-imports").start()
 
 
 def _argv_without(argv, flag):
@@ -777,8 +792,10 @@ def main(argv=None) -> int:
     diverged run, 130 on Ctrl-C (which exits at once)."""
     from maml2_jax import sharding
     from maml2_jax.errors import NonFiniteError
+    from maml2_jax.io import compile_cache
 
     sharding.use_host_cores()  # before JAX starts; no effect on GPU/TPU
+    compile_cache.enable()  # later runs of the same settings skip compilation
     argv = sys.argv[1:] if argv is None else list(argv)
     status = _Status()
     interrupts = _Interrupts(status)

@@ -18,6 +18,7 @@ MAML² and its no-reset ablation share their first episode exactly.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import functools
 import time
@@ -200,10 +201,17 @@ class GridworldResult:
         return np.asarray(self.labels).max(axis=1) + 1
 
 
+@functools.partial(jax.jit, static_argnums=1)
 def run_keys(seed: int, runs: int) -> jax.Array:
     """``[R, 5]`` keys per run: classification, k-means, MAML², MAML, test."""
+    # Jitted: run op by op, these few draws took a second of the experiment's start.
     master = jax.random.key(seed)
     return jax.vmap(lambda r: jax.random.split(jax.random.fold_in(master, r), 5))(jnp.arange(runs))
+
+
+@jax.jit
+def _kmeans_seeds(keys):
+    return jax.vmap(lambda k: jax.random.randint(k, (), 0, 2**31 - 1))(keys)
 
 
 def _per_task_keys(keys, num_tasks):
@@ -291,11 +299,24 @@ def build(config: GridworldConfig, mesh: jax.sharding.Mesh | None = None):
         ticks = jnp.swapaxes(agents.choices.reshape(num_methods, runs, num_tasks), 0, 1)
         return jnp.swapaxes(steps, 0, 1), chosen.reshape(num_methods, runs, num_tasks)[0], ticks
 
+    options = _compiler_options(mesh)
     return (
-        sharding.shard_runs(classify, mesh, 1),
-        sharding.shard_runs(train, mesh, 3),
-        sharding.shard_runs(test, mesh, 5),
+        sharding.shard_runs(classify, mesh, 1, options),
+        sharding.shard_runs(train, mesh, 3, options),
+        sharding.shard_runs(test, mesh, 5, options),
     )
+
+
+def _compiler_options(mesh) -> dict | None:
+    """XLA options of the stages: on CPUs, LLVM's optimisation level 1 instead of 2.
+
+    The stages are loops of tiny, latency-bound operations: level 2 bought no
+    measurable speed on a 2-core CPU and cost 1.3 s of the 4.3 s of compilation
+    (``benchmarks/RESULTS.md``). The results are the same bit for bit
+    (``tests/test_experiment.py``).
+    """
+    platform = mesh.devices.flat[0].platform if mesh is not None else jax.default_backend()
+    return {"xla_backend_optimization_level": 1} if platform == "cpu" else None
 
 
 def categorize(features, keys, categories, slots: int | None = None) -> np.ndarray:
@@ -306,7 +327,7 @@ def categorize(features, keys, categories, slots: int | None = None) -> np.ndarr
     labels are 0..N−1, every one used (the lane machine wants its non-empty
     categories first).
     """
-    seeds = np.asarray(jax.vmap(lambda k: jax.random.randint(k, (), 0, 2**31 - 1))(keys))
+    seeds = np.asarray(_kmeans_seeds(keys))
     if categories == AUTO:
         return np.stack([classification.classify_slots(f, AUTO, slots, int(s)).labels
                          for f, s in zip(np.asarray(features), seeds)])
@@ -339,6 +360,32 @@ def _shared_build(config: GridworldConfig, mesh):
     return build(config, mesh)
 
 
+# Compiles the stages side by side, and beside the first stage's execution: XLA's
+# compiler releases the GIL, and the stages are independent programs.
+_COMPILER = concurrent.futures.ThreadPoolExecutor(max_workers=len(STAGES) - 1, thread_name_prefix="maml2-compile")
+
+
+@functools.lru_cache(maxsize=4)
+def _compiled_stages(config: GridworldConfig, mesh, padded: int) -> dict[str, concurrent.futures.Future]:
+    """Futures of the compiled ``classify``, ``train`` and ``test`` for ``padded`` runs,
+    started at once (``config`` with runs and seed normalised, as :func:`_shared_build`)."""
+    classify, train, test = _shared_build(config, mesh)
+    key = jax.ShapeDtypeStruct((padded,), jax.random.key(0).dtype)
+    slots, num_tasks = config.slots, config.world.num_tasks
+    members = jax.ShapeDtypeStruct((padded, slots, num_tasks), bool)
+    active = jax.ShapeDtypeStruct((padded, slots), bool)
+
+    def compile_test():
+        theta, category_params, theta_maml, _ = jax.eval_shape(train, members, key, key)
+        return test.lower(theta, category_params, theta_maml, key, active).compile()
+
+    return {
+        "classify": _COMPILER.submit(lambda: classify.lower(key).compile()),
+        "train": _COMPILER.submit(lambda: train.lower(members, key, key).compile()),
+        "test": _COMPILER.submit(compile_test),
+    }
+
+
 def _check_finite(stage: str, outputs) -> None:
     """Stops the experiment at the stage whose Q-tables or features went non-finite."""
     for path, value in jax.tree_util.tree_flatten_with_path(outputs)[0]:
@@ -365,8 +412,10 @@ def run(config: GridworldConfig, progress: Callable[[str], None] | None = None,
     say = progress or (lambda message: None)
     started = time.perf_counter()
     mesh = sharding.run_mesh() if mesh is None else mesh
-    classify, train, test = _shared_build(dataclasses.replace(config, runs=1, seed=0),
-                                          mesh if mesh.size > 1 else None)
+    setting = (dataclasses.replace(config, runs=1, seed=0), mesh if mesh.size > 1 else None)
+    padded = -(-config.runs // mesh.size) * mesh.size
+    compiled = _compiled_stages(*setting, padded)
+    classify, train, test = _shared_build(*setting)
     keys = sharding.pad_runs(run_keys(config.seed, config.runs), mesh.size)
     phases = {}
     outputs = {}  # stage outputs, as NumPy arrays: what a checkpoint holds
@@ -374,7 +423,6 @@ def run(config: GridworldConfig, progress: Callable[[str], None] | None = None,
     def shapes(fn, *args):
         return jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), jax.eval_shape(fn, *args))
 
-    padded = keys.shape[0]
     templates = {"classify": lambda: shapes(classify, keys[:, 0]),
                  "k-means": lambda: np.zeros((padded, config.world.num_tasks), np.int32)}
     templates["train"] = lambda: shapes(train, jnp.zeros((padded, config.slots, config.world.num_tasks), bool),
@@ -398,15 +446,16 @@ def run(config: GridworldConfig, progress: Callable[[str], None] | None = None,
             checkpoints.save(index + 1, outputs, {"phase_seconds": phases})
         return outputs[name]
 
-    features, classify_steps = stage(0, "classify", lambda: classify(keys[:, 0]))
+    features, classify_steps = stage(0, "classify", lambda: compiled["classify"].result()(keys[:, 0]))
     labels = stage(1, "k-means", lambda: categorize(features, keys[:, 1], config.categories,
                                                     config.slots).astype(np.int32))
     members = classification.membership(labels, config.slots)
     active = members.any(axis=-1)  # [R, S]
     theta, category_params, theta_maml, train_steps = stage(
-        2, "train", lambda: train(jnp.asarray(members), keys[:, 2], keys[:, 3]))
+        2, "train", lambda: compiled["train"].result()(jnp.asarray(members), keys[:, 2], keys[:, 3]))
     steps, chosen, test_steps = stage(
-        3, "test", lambda: test(theta, category_params, theta_maml, keys[:, 4], jnp.asarray(active)))
+        3, "test", lambda: compiled["test"].result()(theta, category_params, theta_maml, keys[:, 4],
+                                                     jnp.asarray(active)))
     runs = config.runs  # drop the padding runs
 
     def count(ticks):

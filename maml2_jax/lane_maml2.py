@@ -30,7 +30,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from maml2_jax import adaptation
+from maml2_jax import adaptation, prng
 from maml2_jax.core.outer_update import OUTER_UPDATES as OUTER_MODES
 from maml2_jax.core.outer_update import interpolate, mean_over_categories
 from maml2_jax.core import readaptation
@@ -114,8 +114,8 @@ class MetaState(NamedTuple):
 
 def adaptation_key(key: jax.Array, counter: jax.Array) -> tuple[jax.Array, jax.Array]:
     """``(task-draw key, agent key)`` of the adaptation numbered ``counter``."""
-    k_task, k_agent = jax.random.split(jax.random.fold_in(key, counter))
-    return k_task, k_agent
+    # prng computes jax.random's bits without its rolled hash loops (see prng).
+    return prng.split(prng.fold_in(key, counter))
 
 
 def _start_adaptation(learner: Learner, state: MetaState, members, tasks) -> MetaState:
@@ -123,7 +123,7 @@ def _start_adaptation(learner: Learner, state: MetaState, members, tasks) -> Met
     counter = state.key_offset + (state.outer * state.num_categories + state.category) * state.inner_iterations
     k_task, k_agent = adaptation_key(state.key, counter + state.inner)
     logits = jnp.where(members[state.category], 0.0, -jnp.inf)
-    task = _take(tasks, jax.random.categorical(k_task, logits))
+    task = _take(tasks, prng.categorical(k_task, logits))
     return state._replace(agent=learner.start(state.theta_c, task, k_agent), task=task)
 
 

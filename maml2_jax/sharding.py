@@ -86,16 +86,16 @@ def replicated(mesh: Mesh | None):
     return None if mesh is None else NamedSharding(mesh, PartitionSpec())
 
 
-def shard_runs(fn: Callable, mesh: Mesh | None, num_args: int) -> Callable:
+def shard_runs(fn: Callable, mesh: Mesh | None, num_args: int, compiler_options: dict | None = None) -> Callable:
     """Jits ``fn`` with every argument and output split along its leading (run) axis.
 
     ``fn`` must treat runs independently (it sees only its device's runs). With
-    ``mesh=None`` it is simply jitted.
+    ``mesh=None`` it is simply jitted. ``compiler_options`` go to XLA (``jax.jit``'s).
     """
-    if mesh is None:
-        return jax.jit(fn)
-    spec = PartitionSpec(RUN_AXIS)
-    return jax.jit(jax.shard_map(fn, mesh=mesh, in_specs=(spec,) * num_args, out_specs=spec, check_vma=False))
+    if mesh is not None:
+        spec = PartitionSpec(RUN_AXIS)
+        fn = jax.shard_map(fn, mesh=mesh, in_specs=(spec,) * num_args, out_specs=spec, check_vma=False)
+    return jax.jit(fn, compiler_options=compiler_options)
 
 
 def pad_runs(tree, multiple: int):

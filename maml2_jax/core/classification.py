@@ -10,11 +10,6 @@ import warnings
 from typing import NamedTuple
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
-from sklearn.cluster import KMeans
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.metrics import silhouette_score
-from threadpoolctl import threadpool_limits
 
 from maml2_jax.errors import ConfigError, check_int, check_positive_int, check_seed
 
@@ -36,6 +31,11 @@ def kmeans_labels(features: np.ndarray, num_categories: int, seed: int) -> np.nd
     clusters empty; each empty one then takes the task farthest from its own centroid
     out of a category with more than one task, so all N categories are non-empty.
     """
+    # scikit-learn and SciPy are imported on first use: together they are a third of
+    # the package's import time, which every command would pay.
+    from sklearn.cluster import KMeans
+    from sklearn.exceptions import ConvergenceWarning
+
     features = np.asarray(features, np.float64)
     num_tasks = features.shape[0]
     if not 1 <= num_categories <= num_tasks:
@@ -93,6 +93,8 @@ def match_to_previous(centroids: np.ndarray, previous: np.ndarray, previous_acti
     old = np.arange(len(previous)) if previous_active is None else np.flatnonzero(previous_active)
     if len(centroids) > slots:
         raise ValueError(f"{len(centroids)} clusters do not fit in {slots} category slots")
+    from scipy.optimize import linear_sum_assignment
+
     cost = np.linalg.norm(centroids[:, None, :] - previous[old][None, :, :], axis=-1)
     rows, cols = linear_sum_assignment(cost)
     perm = np.full(len(centroids), -1, np.int64)
@@ -251,6 +253,9 @@ def choose_categories(features: np.ndarray, max_categories: int, seed: int,
       ValueError: ``features`` is not a non-empty matrix or holds NaN or infinity.
       ConfigError: ``max_categories``, ``seed`` or ``references`` is out of range.
     """
+    from sklearn.metrics import silhouette_score
+    from threadpoolctl import threadpool_limits
+
     check_positive_int("max categories", max_categories)
     check_seed("k-means seed", seed)
     check_int("references", references, low=2)

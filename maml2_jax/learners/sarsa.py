@@ -34,6 +34,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from maml2_jax import prng
 from maml2_jax.envs.gridworld import NUM_ACTIONS, GridWorld
 from maml2_jax.errors import check_float
 from maml2_jax.core.types import Learner as CoreLearner
@@ -107,8 +108,10 @@ class SarsaAgent(NamedTuple):
 def draw(key: jax.Array, t: jax.Array) -> tuple[jax.Array, jax.Array]:
     """The random draws of action choice ``t``: ``(u ∈ [0, 1), random action)``."""
     # The folded key's data is itself the threefry hash of (key, t): two random
-    # words for the price of one hash.
-    words = jax.random.key_data(jax.random.fold_in(key, t))
+    # words for the price of one hash, computed by ``prng``: on a CPU, jax.random
+    # hashes in a rolled loop of separately dispatched operations, a tick's largest
+    # fixed cost.
+    words = prng.fold_in_words(key, t)
     u = words[0].astype(jnp.float32) * jnp.float32(2.0**-32)
     # float32 rounding can lift the largest words to exactly 1.0; keep u < 1.
     u = jnp.minimum(u, jnp.float32(1.0 - 2.0**-24))

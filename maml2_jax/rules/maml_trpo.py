@@ -70,6 +70,22 @@ def replay(adapter: PolicyGradientAdapter, params, batches: Batch):
     return adapted
 
 
+def task_policies(policy: GaussianPolicy, adapted_params, observations):
+    """Each task's policy on its observations: ``(means, log_stds)``, both ``[T, ..., A]``.
+
+    ``adapted_params`` has a leading task axis ``[T]``, ``observations`` is
+    ``[T, ..., obs]``; the log-stds are broadcast to the means.
+    """
+    means, log_stds = jax.vmap(policy.mean_and_log_std)(adapted_params, observations)
+    return means, jnp.broadcast_to(log_stds[:, None, None, :], means.shape)
+
+
+def adapted_policies(policy: GaussianPolicy, adapter: PolicyGradientAdapter, params, batches: Batch, observations):
+    """The distributions the MAML-TRPO curvature differentiates: θ'_i(θ) replayed from
+    ``params`` on each task's inner ``batches`` ``[T, K, ...]``, on its ``observations``."""
+    return task_policies(policy, jax.vmap(lambda b: replay(adapter, params, b))(batches), observations)
+
+
 def make_maml_trpo_update(policy: GaussianPolicy, adapter: PolicyGradientAdapter, inner_steps: int,
                           num_tasks: int, config: trpo.TRPOConfig = trpo.TRPOConfig(),
                           curvature_fraction: float = 1.0, mesh: Mesh | None = None) -> Callable:
@@ -100,21 +116,13 @@ def make_maml_trpo_update(policy: GaussianPolicy, adapter: PolicyGradientAdapter
         obs, actions, mask = outer.trajectories.obs, outer.trajectories.actions, outer.trajectories.mask
         old_log_probs = outer.trajectories.log_probs
 
-        def adapted_of(p, batches=batches):
-            return jax.vmap(lambda b: replay(adapter, p, b))(batches)
-
-        def policies(adapted_params, observations):
-            # Each task's adapted policy on its outer observations; log-stds broadcast to the means.
-            means, log_stds = jax.vmap(policy.mean_and_log_std)(adapted_params, observations)
-            return means, jnp.broadcast_to(log_stds[:, None, None, :], means.shape)
-
         def distribution(p, tasks=num_tasks):
             # The policies of the first ``tasks`` tasks, as functions of θ.
             head = jax.tree.map(lambda x: x[:tasks], batches)
-            return policies(adapted_of(p, head), obs[:tasks])
+            return adapted_policies(policy, adapter, p, head, obs[:tasks])
 
         # θ'_i(θ_old) is ``adapted``: the old policies need no replay of the adaptation.
-        old_means, old_log_stds = policies(adapted, obs)
+        old_means, old_log_stds = task_policies(policy, adapted, obs)
 
         def objective(p):
             # One replay of the adaptation serves the surrogate and the KL.
