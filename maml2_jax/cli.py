@@ -216,7 +216,7 @@ def run_gridworld(args, explicit, status) -> None:
     checkpoints = Checkpoints(os.path.join(args.out, "checkpoint"), keep=len(gridworld_experiment.STAGES) - 1)
     # The k-means and the figure need scikit-learn and matplotlib (~1 s to import):
     # import them while the devices run the first stage.
-    _import_in_background("sklearn.cluster", "maml2_jax.plotting")
+    _import_in_background("sklearn.cluster", "maml2_jax.plotting", "matplotlib.font_manager")
     try:
         result = gridworld_experiment.run(config, progress, checkpoints=checkpoints)
     finally:

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from maml2_jax import adaptation, lane_maml2, sharding
+from maml2_jax import adaptation, lane_maml2, prng, sharding
 from maml2_jax.core import classification
 from maml2_jax.core.config import AUTO, MetaConfig, check_categories
 from maml2_jax.envs.gridworld import NUM_ACTIONS, PUBLISHED_GOALS, PUBLISHED_GROUPS, GridWorld
@@ -201,12 +201,22 @@ class GridworldResult:
         return np.asarray(self.labels).max(axis=1) + 1
 
 
-@functools.partial(jax.jit, static_argnums=1)
 def run_keys(seed: int, runs: int) -> jax.Array:
-    """``[R, 5]`` keys per run: classification, k-means, MAML², MAML, test."""
-    # Jitted: run op by op, these few draws took a second of the experiment's start.
-    master = jax.random.key(seed)
-    return jax.vmap(lambda r: jax.random.split(jax.random.fold_in(master, r), 5))(jnp.arange(runs))
+    """``[R, 5]`` keys per run: classification, k-means, MAML², MAML, test.
+
+    Run r's keys are ``split(fold_in(key(seed), r), 5)``, hashed on the host by
+    :mod:`maml2_jax.prng`: as JAX programs these few draws cost a compilation (0.3 s)
+    or, op by op, a second at the start of every experiment.
+    """
+    if not jax.config.jax_threefry_partitionable:
+        master = jax.random.key(seed)
+        return jax.vmap(lambda r: jax.random.split(jax.random.fold_in(master, r), 5))(jnp.arange(runs))
+    zeros = np.zeros(runs, np.uint32)
+    # key(seed) holds the words (0, seed) for the seeds check_seed allows (< 2^32).
+    run0, run1 = prng.threefry2x32(np.uint32(0), np.uint32(seed), zeros, np.arange(runs, dtype=np.uint32))
+    count = np.arange(5, dtype=np.uint32)
+    words = prng.threefry2x32(run0[:, None], run1[:, None], np.zeros_like(count), count)
+    return jax.random.wrap_key_data(np.stack(words, axis=-1))
 
 
 @jax.jit
@@ -311,9 +321,9 @@ def _compiler_options(mesh) -> dict | None:
     """XLA options of the stages: on CPUs, LLVM's optimisation level 1 instead of 2.
 
     The stages are loops of tiny, latency-bound operations: level 2 bought no
-    measurable speed on a 2-core CPU and cost 1.3 s of the 4.3 s of compilation
-    (``benchmarks/RESULTS.md``). The results are the same bit for bit
-    (``tests/test_experiment.py``).
+    measurable speed on a 2-core CPU and cost 1.3 s of the 4.3 s of compilation;
+    the default experiment's results were the same bit for bit
+    (``benchmarks/RESULTS.md``).
     """
     platform = mesh.devices.flat[0].platform if mesh is not None else jax.default_backend()
     return {"xla_backend_optimization_level": 1} if platform == "cpu" else None
@@ -362,7 +372,7 @@ def _shared_build(config: GridworldConfig, mesh):
 
 # Compiles the stages side by side, and beside the first stage's execution: XLA's
 # compiler releases the GIL, and the stages are independent programs.
-_COMPILER = concurrent.futures.ThreadPoolExecutor(max_workers=len(STAGES) - 1, thread_name_prefix="maml2-compile")
+_COMPILER = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="maml2-compile")
 
 
 @functools.lru_cache(maxsize=4)
@@ -379,11 +389,14 @@ def _compiled_stages(config: GridworldConfig, mesh, padded: int) -> dict[str, co
         theta, category_params, theta_maml, _ = jax.eval_shape(train, members, key, key)
         return test.lower(theta, category_params, theta_maml, key, active).compile()
 
-    return {
+    stages = {
         "classify": _COMPILER.submit(lambda: classify.lower(key).compile()),
         "train": _COMPILER.submit(lambda: train.lower(members, key, key).compile()),
         "test": _COMPILER.submit(compile_test),
     }
+    # The k-means seeds' small program too (a call on zero keys fills jit's cache).
+    _COMPILER.submit(lambda: _kmeans_seeds(jax.random.wrap_key_data(np.zeros((padded, 2), np.uint32))))
+    return stages
 
 
 def _check_finite(stage: str, outputs) -> None:
@@ -412,11 +425,11 @@ def run(config: GridworldConfig, progress: Callable[[str], None] | None = None,
     say = progress or (lambda message: None)
     started = time.perf_counter()
     mesh = sharding.run_mesh() if mesh is None else mesh
-    setting = (dataclasses.replace(config, runs=1, seed=0), mesh if mesh.size > 1 else None)
-    padded = -(-config.runs // mesh.size) * mesh.size
-    compiled = _compiled_stages(*setting, padded)
-    classify, train, test = _shared_build(*setting)
     keys = sharding.pad_runs(run_keys(config.seed, config.runs), mesh.size)
+    padded = keys.shape[0]
+    setting = (dataclasses.replace(config, runs=1, seed=0), mesh if mesh.size > 1 else None)
+    compiled = _compiled_stages(*setting, padded)
+    classify, train, _ = _shared_build(*setting)
     phases = {}
     outputs = {}  # stage outputs, as NumPy arrays: what a checkpoint holds
 

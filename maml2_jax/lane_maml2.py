@@ -40,10 +40,6 @@ from maml2_jax.errors import ConfigError, check_positive_int
 from maml2_jax.tick_learner import Agent, Params, Task
 from maml2_jax.tick_learner import TickLearner as Learner
 
-# Learner ticks per iteration of the meta-training loop (2 measured ~10% faster than
-# 1 on a 2-core CPU; 3 and 4 were no better).
-TICKS_PER_ITERATION = 2
-
 
 @dataclasses.dataclass(frozen=True)
 class Schedule:
@@ -215,16 +211,12 @@ def run_schedules(learner: Learner, theta, members, tasks, keys, outer_iteration
         return state, pending.at[lane].set(False)
 
     def body(state: MetaState) -> MetaState:
-        # Several ticks per loop iteration amortise the loop's fixed cost; a lane
-        # whose adaptation completes idles through the rest until its meta-step.
-        agent, ticks = state.agent, state.ticks
+        # One tick per loop iteration: two (the loop's fixed cost amortised) ran no
+        # faster once the tick's random draw was unrolled (prng), and took longer to compile.
         active = ~state.done
-        for _ in range(TICKS_PER_ITERATION):
-            agent = tick(agent, state.task, active)
-            ticks = ticks + active
-            active = active & (episodes(agent) < adapt_episodes)
-        state = state._replace(agent=agent, ticks=ticks)
-        adapted = ~state.done & ~active  # live lanes whose adaptation has just completed
+        agent = tick(state.agent, state.task, active)
+        state = state._replace(agent=agent, ticks=state.ticks + active)
+        adapted = active & (episodes(agent) >= adapt_episodes)  # adaptations that have just completed
         state, _ = jax.lax.while_loop(lambda c: jnp.any(c[1]), meta_step_one, (state, adapted))
         return state
 

@@ -55,3 +55,12 @@ def test_without_partitionable_threefry_defers_to_jax_random():
         expected_draws = jax.vmap(jax.random.categorical)(KEYS[:50], logits)
     np.testing.assert_array_equal(got, expected)
     np.testing.assert_array_equal(draws, expected_draws)
+
+
+@pytest.mark.parametrize("seed", [0, 12345, 2**31 + 5, 2**32 - 1])
+def test_grid_run_keys_hashed_on_the_host_match_jax_random(seed):
+    from maml2_jax.gridworld_experiment import run_keys
+
+    master = jax.random.key(seed)
+    expected = jax.vmap(lambda r: jax.random.split(jax.random.fold_in(master, r), 5))(jnp.arange(7))
+    np.testing.assert_array_equal(jax.random.key_data(run_keys(seed, 7)), jax.random.key_data(expected))
