@@ -136,7 +136,8 @@ _TRAIN_PATHS = {"num_trajectories": "inner.num_trajectories", "inner_steps": "in
                 "inner_lr": "inner.inner_lr", "first_order": "inner.first_order", "weight_init": "policy.weight_init",
                 "max_kl": "trpo.max_kl", "cg_iterations": "trpo.cg_iterations"}
 # Flags that steer the command, not the run's settings.
-_CONTROL = {"command", "out", "config", "resume", "overwrite", "quiet", "tensorboard", "distributed"}
+_CONTROL = {"command", "out", "config", "resume", "overwrite", "quiet", "tensorboard", "distributed", "coordinator",
+            "num_processes", "process_id", "join_timeout"}
 # Every entry each command writes in --out: what --overwrite may replace.
 GRIDWORLD_OUTPUTS = ("config.json", "summary.json", "adaptation.png", "checkpoint", "tensorboard")
 TRAIN_OUTPUTS = ("config.json", "run_config.json", "metrics.jsonl", "params.msgpack", "category_params.msgpack",
@@ -348,10 +349,17 @@ def _add_train(sub) -> None:
                    help="training tasks drawn once and classified (default %(default)s)")
     g.add_argument("--feature", choices=FEATURES, default=d.feature,
                    help="classification feature: the update θ_T − θ or the adapted θ_T (default %(default)s)")
-    p.add_argument("--distributed", action="store_true",
-                   help="multi-host: call jax.distributed.initialize() first (coordinator from the cluster "
-                        "environment or JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID) and split "
-                        "the tasks over the devices of every host; only process 0 writes")
+    g = p.add_argument_group("several processes")
+    g.add_argument("--distributed", action="store_true",
+                   help="join the other processes with jax.distributed.initialize() and split the tasks over the "
+                        "devices of all of them; only process 0 writes. Without the three flags below JAX finds "
+                        "the cluster itself (SLURM, TPU pods, GKE)")
+    g.add_argument("--coordinator", metavar="HOST:PORT",
+                   help="address of process 0's coordinator (default $JAX_COORDINATOR_ADDRESS)")
+    g.add_argument("--num-processes", type=int, metavar="N", help="processes in all (default $JAX_NUM_PROCESSES)")
+    g.add_argument("--process-id", type=int, metavar="I", help="this process, 0 … N−1 (default $JAX_PROCESS_ID)")
+    g.add_argument("--join-timeout", type=int, default=60, metavar="S",
+                   help="seconds to wait for the other processes before giving up (default %(default)s)")
     _add_output_flags(p, config_file=True)
 
 
@@ -381,7 +389,9 @@ def run_train(args, explicit, status) -> None:
         out = args.out
         config = _train_config(args, explicit)
     if args.distributed:
-        _initialize_distributed()
+        _initialize_distributed(args)
+    elif any(getattr(args, name) is not None for name in ("coordinator", "num_processes", "process_id")):
+        raise ConfigError("--coordinator, --num-processes and --process-id need --distributed")
     deep_training.mesh_for(config)  # refuse a meta-batch that does not split before writing anything
     writer = not args.distributed or jax.process_index() == 0
     if writer and not args.resume:
@@ -410,6 +420,8 @@ def run_train(args, explicit, status) -> None:
     finally:
         if bar is not None:
             bar.close()
+    if not writer:
+        return
     last = histories[0][-1] if histories[0] else None
     if last is not None and last.get("pre_return") is not None:
         print(f"iteration {last['iteration']}: return {last['pre_return']:.1f} before, "
@@ -678,15 +690,68 @@ def _load_family_quietly(config) -> None:
         envs.make_task_family(config.env, config.horizon, config.backend)
 
 
-def _initialize_distributed() -> None:
+def _initialize_distributed(args) -> None:
+    """Joins the other processes (``jax.distributed.initialize``); ConfigError in one line when
+    the launch is incomplete or the coordinator does not answer within ``--join-timeout``."""
     import jax
 
+    coordinator = args.coordinator or os.environ.get("JAX_COORDINATOR_ADDRESS") or None
+    count = args.num_processes if args.num_processes is not None else _env_int("JAX_NUM_PROCESSES")
+    rank = args.process_id if args.process_id is not None else _env_int("JAX_PROCESS_ID")
+    given = [v is not None for v in (coordinator, count, rank)]
+    if any(given) and not all(given):
+        missing = [flag for flag, v in zip(("--coordinator", "--num-processes", "--process-id"), given) if not v]
+        raise ConfigError(f"--distributed: {', '.join(missing)} missing (or its JAX_* variable); give all three, "
+                          "or none under SLURM or on a TPU pod")
+    if count is not None:
+        if count < 1 or not 0 <= rank < count:
+            raise ConfigError(f"--distributed: need 0 <= --process-id < --num-processes, got {rank} of {count}")
+    if args.join_timeout < 1:
+        raise ConfigError(f"--join-timeout must be at least 1 second, got {args.join_timeout}")
+    if coordinator is not None and rank != 0:
+        # JAX aborts the process, with a C++ stack trace, when the coordinator never
+        # answers; wait for it here instead, and say so in one line.
+        _wait_for_coordinator(coordinator, args.join_timeout)
+    # CPU devices of different processes talk through gloo (XLA's default CPU client
+    # has no cross-process collectives); GPUs and TPUs are not affected.
+    collectives = jax.config.jax_cpu_collectives_implementation
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     try:
-        jax.distributed.initialize()
+        jax.distributed.initialize(coordinator, count, rank, initialization_timeout=args.join_timeout)
     except (ValueError, RuntimeError) as error:
-        raise ConfigError(f"--distributed: cannot join the other processes ({first_line(error, 160)}); set "
-                          "JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID, or launch under "
-                          "SLURM or on a TPU pod") from None
+        jax.config.update("jax_cpu_collectives_implementation", collectives)
+        where = f"the coordinator {coordinator} within {args.join_timeout} s" if coordinator else "the cluster"
+        raise ConfigError(f"--distributed: cannot reach {where} ({first_line(error, 120)}); pass --coordinator, "
+                          "--num-processes and --process-id, or launch under SLURM or on a TPU pod") from None
+
+
+def _wait_for_coordinator(address: str, timeout: float) -> None:
+    """Returns once ``HOST:PORT`` accepts a TCP connection; ConfigError after ``timeout`` seconds."""
+    import socket
+
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"--coordinator must be HOST:PORT, got {address!r}")
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=1.0):
+                return
+        except OSError:
+            if time.monotonic() >= deadline:
+                raise ConfigError(f"--distributed: no coordinator answered at {address} within {timeout:g} s "
+                                  "(is process 0 running? --join-timeout sets the wait)") from None
+            time.sleep(0.25)
+
+
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name)
+    if value is None or value.strip() == "":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigError(f"--distributed: ${name} must be an integer, got {value!r}") from None
 
 
 class _Status(dict):

@@ -3,6 +3,10 @@ outputs that are never silently replaced, and no NaN in any saved file."""
 
 import json
 import os
+import socket
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -113,3 +117,37 @@ def test_distributed_without_a_coordinator_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("maml2: error: --distributed") and "\n" not in err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("flags, says", [
+    (["--distributed", "--coordinator", "127.0.0.1:1"], "--num-processes, --process-id missing"),
+    (["--distributed", "--coordinator", "127.0.0.1:1", "--num-processes", "2", "--process-id", "2"],
+     "need 0 <= --process-id < --num-processes"),
+    (["--distributed", "--coordinator", "nohost", "--num-processes", "2", "--process-id", "1"], "HOST:PORT"),
+    (["--distributed", "--coordinator", "127.0.0.1:1", "--num-processes", "2", "--process-id", "1",
+      "--join-timeout", "0"], "--join-timeout"),
+    (["--num-processes", "2"], "need --distributed"),
+])
+def test_incomplete_launches_are_one_line(tmp_path, capsys, flags, says):
+    out = tmp_path / "never"
+    assert cli.main(["train", *TINY, "--out", str(out), *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("maml2: error: ") and says in err and "\n" not in err
+    assert not out.exists()
+
+
+def test_unreachable_coordinator_is_one_line_within_the_wait(tmp_path):
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "maml2_jax.cli", "train", *TINY, "--out", str(tmp_path / "never"),
+               "--distributed", "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", "1",
+               "--join-timeout", "2"]
+    started = time.monotonic()
+    done = subprocess.run(command, env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True, text=True,
+                          timeout=120)
+    elapsed = time.monotonic() - started
+    assert done.returncode == 2
+    assert done.stderr.strip().startswith("maml2: error: --distributed: no coordinator answered")
+    assert "\n" not in done.stderr.strip()
+    assert elapsed < 60  # 2 s of waiting plus the interpreter's start, not JAX's 5-minute default
