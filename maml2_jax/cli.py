@@ -398,6 +398,11 @@ def run_train(args, explicit, status) -> None:
         from maml2_jax.io import files
 
         files.claim_directory(out, TRAIN_OUTPUTS, args.overwrite)
+    if args.distributed:
+        from jax.experimental import multihost_utils
+
+        # The others open the shared checkpoint folder only once process 0 has claimed it.
+        multihost_utils.sync_global_devices("maml2: output directory claimed")
     _load_family_quietly(config)
     status.update(out=out, total=config.iterations, iteration=None, resume=f"maml2 train --resume {out}")
     say = _stderr(args.quiet or not writer)
@@ -415,8 +420,8 @@ def run_train(args, explicit, status) -> None:
         bar.update()
 
     try:
-        _, histories = deep_training.train(config, out if writer else None, progress, resume=bool(args.resume),
-                                           notify=say, tensorboard=args.tensorboard)
+        _, histories = deep_training.train(config, out, progress, resume=bool(args.resume), notify=say,
+                                           tensorboard=args.tensorboard, writer=writer)
     finally:
         if bar is not None:
             bar.close()

@@ -370,7 +370,7 @@ def _read_metrics(path: str, before: int) -> list[dict]:
 
 def train(config: TrainConfig, out: str | None = None, progress: Callable[[dict], None] | None = None,
           resume: bool = False, stop_after: int | None = None, notify: Callable[[str], None] | None = None,
-          tensorboard: bool = False):
+          tensorboard: bool = False, writer: bool = True):
     """Runs the meta-training. Impure: writes to ``out`` (nothing when None).
 
     Per seed directory (:func:`seed_dirs`): ``config.json`` (written first),
@@ -395,6 +395,9 @@ def train(config: TrainConfig, out: str | None = None, progress: Callable[[dict]
       stop_after: stop after this many outer iterations in all (a pause; resume later).
       notify: called with a line about each phase ("compiling …", "compiled in …").
       tensorboard: also write TensorBoard event files.
+      writer: False for every process but one of a multi-process run: it joins the
+        checkpoints in ``out`` (orbax saves and restores with every process taking
+        part) but writes no other file.
 
     Returns:
       ``(state, history)``: the final :class:`~maml2_jax.core.types.RunState`
@@ -417,7 +420,7 @@ def train(config: TrainConfig, out: str | None = None, progress: Callable[[dict]
             if done != int(np.asarray(state.iteration).reshape(-1)[0]):
                 raise ConfigError(f"checkpoint in {out} is inconsistent (record says iteration {done})")
             histories = [_read_metrics(os.path.join(d, "metrics.jsonl"), done) for d in dirs]
-        elif out is not None:
+        elif out is not None and writer:
             os.makedirs(out, exist_ok=True)
             if config.seeds > 1:
                 files.write_json(os.path.join(out, "run_config.json"), dataclasses.asdict(config))
@@ -433,8 +436,9 @@ def train(config: TrainConfig, out: str | None = None, progress: Callable[[dict]
         if checkpoints is not None:
             checkpoints.close()  # orbax's manager holds threads; a refused resume must not leak them
         raise
-    logs = [files.MetricsLog(os.path.join(d, "metrics.jsonl"), histories[s]) for s, d in enumerate(dirs)]
-    boards = [ScalarWriter(os.path.join(d, "tensorboard")) for d in dirs] if tensorboard else []
+    logs = [files.MetricsLog(os.path.join(d, "metrics.jsonl"), histories[s]) for s, d in enumerate(dirs)] \
+        if writer else []
+    boards = [ScalarWriter(os.path.join(d, "tensorboard")) for d in dirs] if tensorboard and writer else []
     stop = config.iterations if stop_after is None else min(stop_after, config.iterations)
     started = time.perf_counter()
     # The step returns its state replicated over the mesh; starting there compiles it once.
@@ -479,7 +483,7 @@ def train(config: TrainConfig, out: str | None = None, progress: Callable[[dict]
             closing.close()
         if checkpoints is not None:
             checkpoints.close()
-    if out is not None and int(np.asarray(state.iteration).reshape(-1)[0]) == config.iterations:
+    if out is not None and writer and int(np.asarray(state.iteration).reshape(-1)[0]) == config.iterations:
         for s, d in enumerate(dirs):
             one = state if config.seeds == 1 else jax.tree.map(lambda x: x[s], state)
             _save(d, config, one, histories[s], time.perf_counter() - started)
