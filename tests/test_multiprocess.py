@@ -8,9 +8,11 @@ depend on their order, so the rows must be equal, not merely close.
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -64,3 +66,49 @@ def test_two_processes_equal_one_process_with_two_devices(tmp_path, algo):
     assert rows == _rows(single)
     if algo == "maml2":  # classification saw every task's feature: the same labels
         assert any(row.get("classified") for row in rows)
+
+
+def test_a_meta_batch_that_does_not_split_over_the_processes_is_one_line_on_each(tmp_path):
+    out = tmp_path / "never"
+    port = _free_port()
+    command = [sys.executable, "-m", "maml2_jax.cli", "train", *TINY["maml"], "--meta-batch-size", "3",
+               "--out", str(out), "--distributed", "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2"]
+    processes = [subprocess.Popen([*command, "--process-id", str(rank)], env=_env(1), stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
+    for p in processes:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 2
+        assert err.strip().startswith("maml2: error: meta-batch size 3") and "\n" not in err.strip()
+    assert not out.exists()
+
+
+@pytest.mark.slow  # five fresh processes
+def test_sigkilled_two_process_run_resumes_to_the_same_rows(tmp_path):
+    flags = [*TINY["maml"], "--outer-iterations", "6", "--checkpoint-every", "2"]  # the later flag wins
+    command = [sys.executable, "-m", "maml2_jax.cli", "train"]
+    single = str(tmp_path / "single")
+    subprocess.run([*command, *flags, "--out", single], env=_env(2), check=True, capture_output=True, timeout=600)
+
+    def launch(*arguments):
+        port = _free_port()
+        return [subprocess.Popen([*command, *arguments, "--distributed", "--coordinator", f"127.0.0.1:{port}",
+                                  "--num-processes", "2", "--process-id", str(rank)], env=_env(1),
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
+
+    shared = tmp_path / "shared"
+    processes = launch(*flags, "--out", str(shared))
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and not (shared / "checkpoint" / "2").is_dir():
+        assert all(p.poll() is None for p in processes), "a process ended before its first checkpoint"
+        time.sleep(0.05)
+    for p in processes:  # both, mid-run
+        p.send_signal(signal.SIGKILL)
+    for p in processes:
+        p.wait()
+    assert not (shared / "summary.json").exists()
+
+    resumed = launch("--resume", str(shared))
+    for rank, p in enumerate(resumed):
+        _, err = p.communicate(timeout=600)
+        assert p.returncode == 0, f"process {rank}: {err[-2000:]}"
+    assert _rows(str(shared)) == _rows(single)
