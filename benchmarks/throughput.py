@@ -89,16 +89,21 @@ def random_rollout_ceiling(family, tasks, trajectories, mesh, key, count):
 
         return jnp.sum(jax.lax.scan(body, state, jnp.arange(horizon))[1])
 
-    def batch(tasks, key):
+    def batch(tasks, key_data):
         tasks = sharding.constrain_tasks(tasks, mesh)
-        keys = jax.random.split(key, (tasks.shape[0], trajectories))
+        keys = jax.random.split(jax.random.wrap_key_data(key_data), (tasks.shape[0], trajectories))
         return jax.vmap(lambda t, ks: jax.vmap(lambda k: episode(t, k))(ks))(tasks, keys)
 
     run = jax.jit(batch)
+    # Host copies: with several processes, each passes its (equal) copy to a global array.
+    tasks = jax.device_get(tasks)
+    keys = [jax.device_get(jax.random.key_data(jax.random.fold_in(key, i))) for i in range(count)]
+    if mesh is not None:
+        tasks, keys = jax.device_put((tasks, keys), sharding.replicated(mesh))
     t0 = time.perf_counter()
-    compiled = run.lower(tasks, key).compile()
+    compiled = run.lower(tasks, keys[0]).compile()
     compile_seconds = time.perf_counter() - t0
-    median, _ = _median_seconds(lambda i: compiled(tasks, jax.random.fold_in(key, i)), count)
+    median, _ = _median_seconds(lambda i: compiled(tasks, keys[i]), count)
     steps = tasks.shape[0] * trajectories * horizon
     return {"compile_seconds": compile_seconds, "median_seconds": median, "env_steps_per_second": steps / median}
 
@@ -117,6 +122,8 @@ def measure(config: deep_training.TrainConfig, mesh, count: int, key) -> dict:
     seeds = config.seeds
     step = engine_lib.over_seeds(parts.engine)[0] if seeds > 1 else parts.engine.step
     state = {"run": parts.init_seeds()}
+    if mesh is not None:  # as maml2 train places it (and as several processes need it)
+        state["run"] = jax.device_put(state["run"], sharding.replicated(mesh))
     t0 = time.perf_counter()
     compiled = step.lower(state["run"]).compile()
     compile_seconds = time.perf_counter() - t0
@@ -134,6 +141,7 @@ def measure(config: deep_training.TrainConfig, mesh, count: int, key) -> dict:
                                      key, count)
     return {"tasks": tasks_count, "seeds": seeds, "trajectories": inner.num_trajectories, "horizon": horizon,
             "inner_steps": inner.inner_steps, "devices_used": 1 if mesh is None else mesh.devices.size,
+            "processes": jax.process_count(),
             "compile_seconds": compile_seconds, "seconds_per_iteration": median, "all_seconds": seconds,
             "env_steps_per_iteration": steps, "env_steps_per_second": steps / median,
             "compiled_bytes": compiled_bytes(compiled), "peak_device_bytes": peak_device_bytes(),
@@ -193,13 +201,28 @@ def main():
                         help="environments of the brax PPO yardstick (0: skip it; brax's own setting is 2048)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="benchmarks/results/throughput.json")
+    group = parser.add_argument_group("several processes, as maml2 train (docs/multihost.md)")
+    group.add_argument("--distributed", action="store_true", help="join the other processes first")
+    group.add_argument("--coordinator", metavar="HOST:PORT")
+    group.add_argument("--num-processes", type=int, metavar="N")
+    group.add_argument("--process-id", type=int, metavar="I")
+    group.add_argument("--join-timeout", type=int, default=60, metavar="S")
     args = parser.parse_args()
+    if args.distributed:
+        if args.ppo_envs:
+            parser.error("--ppo-envs runs brax's trainer in one process: not with --distributed")
+        try:
+            sharding.join_processes(args.coordinator, args.num_processes, args.process_id, args.join_timeout)
+        except ConfigError as error:
+            parser.exit(2, f"throughput.py: error: {error}\n")
+    lead = jax.process_index() == 0  # only process 0 prints and writes
+    say = print if lead else (lambda *a, **k: None)
 
     counts = [int(x) for x in args.sweep.split(",")] if args.sweep else [args.tasks]
     seed_counts = [int(x) for x in args.seeds.split(",")]
     family = envs.make_task_family(args.env, args.horizon, args.backend)
     backend = getattr(family.config, "backend", None)
-    print(f"{args.env} ({backend or 'jax'}), {args.trajectories} trajectories x {args.horizon} steps, "
+    say(f"{args.env} ({backend or 'jax'}), {args.trajectories} trajectories x {args.horizon} steps, "
           f"on {jax.device_count()} x {jax.devices()[0].device_kind}")
     # Every size is checked before the first compilation, so a refusal shows at once.
     planned, refused = [], []
@@ -210,15 +233,15 @@ def main():
                 planned.append((config, deep_training.mesh_for(config)))  # refuses what cannot fit
             except ConfigError as error:
                 refused.append({"tasks": count, "seeds": seeds, "refused": str(error)})
-                print(f"refused: {count} tasks x {seeds} seeds: {error}", flush=True)
+                say(f"refused: {count} tasks x {seeds} seeds: {error}", flush=True)
     rows = []
-    print(f"{'tasks':>6} {'seeds':>5} {'devices':>7} {'compile s':>10} {'s/iter':>8} {'meta-train steps/s':>19} "
+    say(f"{'tasks':>6} {'seeds':>5} {'devices':>7} {'compile s':>10} {'s/iter':>8} {'meta-train steps/s':>19} "
           f"{'ceiling steps/s':>16} {'ratio':>6} {'memory MiB':>11}")
     for config, mesh in planned:
         row = measure(config, mesh, args.iterations, jax.random.key(args.seed + 1))
         rows.append(row)
         memory = row["peak_device_bytes"] or row["compiled_bytes"]
-        print(f"{row['tasks']:>6} {row['seeds']:>5} {row['devices_used']:>7} {row['compile_seconds']:>10.1f} "
+        say(f"{row['tasks']:>6} {row['seeds']:>5} {row['devices_used']:>7} {row['compile_seconds']:>10.1f} "
               f"{row['seconds_per_iteration']:>8.3f} {row['env_steps_per_second']:>19,.0f} "
               f"{row['ceiling']['env_steps_per_second']:>16,.0f} {row['ratio_to_ceiling']:>6.2f} "
               f"{(memory or 0) / 2**20:>11,.0f}", flush=True)
@@ -229,10 +252,12 @@ def main():
         ppo = brax_ppo(robot, backend, args.ppo_envs, args.horizon, devices)
         best = max((r["env_steps_per_second"] for r in rows), default=None)
         share = f", meta-training's best is {best / ppo['env_steps_per_second']:.0%} of it" if best else ""
-        print(f"brax PPO ({robot}, {backend}, {args.ppo_envs} envs): {ppo['env_steps_per_second']:,.0f} env-steps/s"
+        say(f"brax PPO ({robot}, {backend}, {args.ppo_envs} envs): {ppo['env_steps_per_second']:,.0f} env-steps/s"
               f"{share}", flush=True)
-    common.save({"benchmark": "throughput", **common.machine(), "env": args.env, "backend": backend,
-                 "args": vars(args), "rows": rows, "refused": refused, "brax_ppo": ppo}, args.out)
+    if lead:
+        common.save({"benchmark": "throughput", **common.machine(), "processes": jax.process_count(), "env": args.env,
+                     "backend": backend, "args": vars(args), "rows": rows, "refused": refused, "brax_ppo": ppo},
+                    args.out)
     if refused and not rows:
         raise SystemExit("every size was refused (above): nothing was measured")
 

@@ -696,67 +696,9 @@ def _load_family_quietly(config) -> None:
 
 
 def _initialize_distributed(args) -> None:
-    """Joins the other processes (``jax.distributed.initialize``); ConfigError in one line when
-    the launch is incomplete or the coordinator does not answer within ``--join-timeout``."""
-    import jax
+    from maml2_jax import sharding
 
-    coordinator = args.coordinator or os.environ.get("JAX_COORDINATOR_ADDRESS") or None
-    count = args.num_processes if args.num_processes is not None else _env_int("JAX_NUM_PROCESSES")
-    rank = args.process_id if args.process_id is not None else _env_int("JAX_PROCESS_ID")
-    given = [v is not None for v in (coordinator, count, rank)]
-    if any(given) and not all(given):
-        missing = [flag for flag, v in zip(("--coordinator", "--num-processes", "--process-id"), given) if not v]
-        raise ConfigError(f"--distributed: {', '.join(missing)} missing (or its JAX_* variable); give all three, "
-                          "or none under SLURM or on a TPU pod")
-    if count is not None:
-        if count < 1 or not 0 <= rank < count:
-            raise ConfigError(f"--distributed: need 0 <= --process-id < --num-processes, got {rank} of {count}")
-    if args.join_timeout < 1:
-        raise ConfigError(f"--join-timeout must be at least 1 second, got {args.join_timeout}")
-    if coordinator is not None and rank != 0:
-        # JAX aborts the process, with a C++ stack trace, when the coordinator never
-        # answers; wait for it here instead, and say so in one line.
-        _wait_for_coordinator(coordinator, args.join_timeout)
-    # CPU devices of different processes talk through gloo (XLA's default CPU client
-    # has no cross-process collectives); GPUs and TPUs are not affected.
-    collectives = jax.config.jax_cpu_collectives_implementation
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    try:
-        jax.distributed.initialize(coordinator, count, rank, initialization_timeout=args.join_timeout)
-    except (ValueError, RuntimeError) as error:
-        jax.config.update("jax_cpu_collectives_implementation", collectives)
-        where = f"the coordinator {coordinator} within {args.join_timeout} s" if coordinator else "the cluster"
-        raise ConfigError(f"--distributed: cannot reach {where} ({first_line(error, 120)}); pass --coordinator, "
-                          "--num-processes and --process-id, or launch under SLURM or on a TPU pod") from None
-
-
-def _wait_for_coordinator(address: str, timeout: float) -> None:
-    """Returns once ``HOST:PORT`` accepts a TCP connection; ConfigError after ``timeout`` seconds."""
-    import socket
-
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
-        raise ConfigError(f"--coordinator must be HOST:PORT, got {address!r}")
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with socket.create_connection((host.strip("[]"), int(port)), timeout=1.0):
-                return
-        except OSError:
-            if time.monotonic() >= deadline:
-                raise ConfigError(f"--distributed: no coordinator answered at {address} within {timeout:g} s "
-                                  "(is process 0 running? --join-timeout sets the wait)") from None
-            time.sleep(0.25)
-
-
-def _env_int(name: str) -> int | None:
-    value = os.environ.get(name)
-    if value is None or value.strip() == "":
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        raise ConfigError(f"--distributed: ${name} must be an integer, got {value!r}") from None
+    sharding.join_processes(args.coordinator, args.num_processes, args.process_id, args.join_timeout)
 
 
 class _Status(dict):

@@ -23,6 +23,8 @@ accelerator devices are used.
 from __future__ import annotations
 
 import os
+import socket
+import time
 from typing import Callable
 
 import jax
@@ -30,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from maml2_jax.errors import ConfigError
+from maml2_jax.errors import ConfigError, first_line
 
 RUN_AXIS = "runs"
 TASK_AXIS = "tasks"
@@ -135,3 +137,70 @@ def device_memory(devices=None) -> tuple[int, str]:
     else:
         return sum(limits), f"{len(devices)} {devices[0].platform} device{'s' if len(devices) > 1 else ''}"
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "this host's memory"
+
+
+def join_processes(coordinator: str | None = None, num_processes: int | None = None, process_id: int | None = None,
+                   timeout: int = 60) -> None:
+    """Joins the other processes of a run (``jax.distributed.initialize``), before JAX starts.
+
+    The three values default to ``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES`` and
+    ``JAX_PROCESS_ID``; with none of them JAX detects the cluster (SLURM, TPU pods,
+    GKE). CPU devices of different processes exchange data through gloo. Impure
+    (global JAX state). ConfigError, in one line, for an incomplete launch or a
+    coordinator that does not answer within ``timeout`` seconds; the messages name the
+    ``maml2 train`` flags of these values.
+    """
+    coordinator = coordinator or os.environ.get("JAX_COORDINATOR_ADDRESS") or None
+    count = num_processes if num_processes is not None else _env_int("JAX_NUM_PROCESSES")
+    rank = process_id if process_id is not None else _env_int("JAX_PROCESS_ID")
+    given = [v is not None for v in (coordinator, count, rank)]
+    if any(given) and not all(given):
+        missing = [flag for flag, v in zip(("--coordinator", "--num-processes", "--process-id"), given) if not v]
+        raise ConfigError(f"--distributed: {', '.join(missing)} missing (or its JAX_* variable); give all three, "
+                          "or none under SLURM or on a TPU pod")
+    if count is not None and (count < 1 or not 0 <= rank < count):
+        raise ConfigError(f"--distributed: need 0 <= --process-id < --num-processes, got {rank} of {count}")
+    if timeout < 1:
+        raise ConfigError(f"--join-timeout must be at least 1 second, got {timeout}")
+    if coordinator is not None and rank != 0:
+        # JAX aborts the process, with a C++ stack trace, when the coordinator never
+        # answers; wait for it here instead, and say so in one line.
+        _wait_for_coordinator(coordinator, timeout)
+    # CPU devices of different processes talk through gloo (XLA's default CPU client
+    # has no cross-process collectives); GPUs and TPUs are not affected.
+    collectives = jax.config.jax_cpu_collectives_implementation
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    try:
+        jax.distributed.initialize(coordinator, count, rank, initialization_timeout=timeout)
+    except (ValueError, RuntimeError) as error:
+        jax.config.update("jax_cpu_collectives_implementation", collectives)
+        where = f"the coordinator {coordinator} within {timeout} s" if coordinator else "the cluster"
+        raise ConfigError(f"--distributed: cannot reach {where} ({first_line(error, 120)}); pass --coordinator, "
+                          "--num-processes and --process-id, or launch under SLURM or on a TPU pod") from None
+
+
+def _wait_for_coordinator(address: str, timeout: float) -> None:
+    """Returns once ``HOST:PORT`` accepts a TCP connection; ConfigError after ``timeout`` seconds."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"--coordinator must be HOST:PORT, got {address!r}")
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=1.0):
+                return
+        except OSError:
+            if time.monotonic() >= deadline:
+                raise ConfigError(f"--distributed: no coordinator answered at {address} within {timeout:g} s "
+                                  "(is process 0 running? --join-timeout sets the wait)") from None
+            time.sleep(0.25)
+
+
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name)
+    if value is None or value.strip() == "":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigError(f"--distributed: ${name} must be an integer, got {value!r}") from None
