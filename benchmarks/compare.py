@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -42,8 +43,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 BENCHES = ("gridworld", "meta_iteration")
 
 
-def resolve_tree(spec: str, scratch: str) -> tuple[str, str]:
-    """``(folder, label)`` of a tree: a folder with ``maml2_jax/``, or a commit checked out."""
+def resolve_tree(spec: str, scratch: str, created: list) -> tuple[str, str]:
+    """``(folder, label)`` of a tree: a folder with ``maml2_jax/``, or a commit checked out
+    into a worktree under ``scratch`` (appended to ``created``, to be removed at the end)."""
     if os.path.isdir(os.path.join(spec, "maml2_jax")):
         return os.path.abspath(spec), os.path.abspath(spec)
     repo = subprocess.run(["git", "-C", HERE, "rev-parse", "--show-toplevel"], check=True, capture_output=True,
@@ -57,6 +59,7 @@ def resolve_tree(spec: str, scratch: str) -> tuple[str, str]:
     if not os.path.isdir(folder):
         subprocess.run(["git", "-C", repo, "worktree", "add", "--detach", "-f", folder, commit], check=True,
                        capture_output=True)
+        created.append((repo, folder))
     return folder, f"{spec} ({commit[:7]})"
 
 
@@ -105,9 +108,20 @@ def main():
         parser.error("--alternations must be at least 1")
 
     scratch = tempfile.mkdtemp(prefix="maml2-compare-")
+    worktrees = []
+    try:
+        compare(args, scratch, worktrees)
+    finally:  # the repository keeps no trace of the checkouts
+        for repo, folder in worktrees:
+            subprocess.run(["git", "-C", repo, "worktree", "remove", "--force", folder], capture_output=True, check=False)
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def compare(args, scratch: str, worktrees: list) -> None:
+    """Times the benchmarks of ``args`` and writes the JSON (trees checked out under ``scratch``)."""
     trees = {}
     for role in ("old", "new"):
-        trees[role] = resolve_tree(getattr(args, role), scratch)
+        trees[role] = resolve_tree(getattr(args, role), scratch, worktrees)
     caches = {role: os.path.join(scratch, f"cache-{role}") if args.warm_cache else None for role in trees}
 
     def sample(bench, role):
