@@ -35,7 +35,7 @@ import threading
 import time
 import warnings
 
-from maml2_jax.errors import ConfigError, first_line
+from maml2_jax.errors import ConfigError
 
 
 class _Parser(argparse.ArgumentParser):

@@ -3,8 +3,9 @@ r"""JAX's Threefry-2x32 random stream, written out for tight compiled loops.
 ``jax.random`` on a CPU lowers every Threefry hash as a rolled five-iteration XLA
 ``while`` loop (it keeps compile times down for large random arrays). Inside a loop
 that draws a handful of numbers per iteration — the grid world's SARSA tick draws two
-words per lane — that inner loop is most of the iteration's cost: each of its five
-iterations is a dozen separately dispatched XLA operations. The functions here
+words per lane — that inner loop adds a dozen separately dispatched XLA operations
+per iteration to each of its five trips (the grid world's training took 7.8 s with
+it, 6.3 s without, ``benchmarks/RESULTS.md``). The functions here
 compute the *same bits* as ``jax.random`` with the twenty rounds unrolled into plain
 element-wise integer operations, which XLA fuses into the surrounding computation.
 ``tests/test_prng.py`` checks them against ``jax.random`` bit for bit (they follow
@@ -50,6 +51,11 @@ def threefry2x32(k0: jax.Array, k1: jax.Array, x0: jax.Array, x1: jax.Array) -> 
     return x0, x1
 
 
+def _words(key: jax.Array) -> tuple[jax.Array, jax.Array]:
+    words = jax.random.key_data(key)
+    return words[0], words[1]
+
+
 def fold_in_words(key: jax.Array, data: jax.Array) -> tuple[jax.Array, jax.Array]:
     """The two ``uint32`` words of ``jax.random.key_data(jax.random.fold_in(key, data))``.
 
@@ -57,19 +63,14 @@ def fold_in_words(key: jax.Array, data: jax.Array) -> tuple[jax.Array, jax.Array
       key: a scalar typed Threefry key (``jax.random.key``).
       data: a scalar integer, taken modulo 2^32 as ``fold_in`` takes it.
     """
-    words = jax.random.key_data(key)
-    return threefry2x32(words[0], words[1], jnp.uint32(0), jnp.asarray(data).astype(jnp.uint32))
+    k0, k1 = _words(key)
+    return threefry2x32(k0, k1, jnp.uint32(0), jnp.asarray(data).astype(jnp.uint32))
 
 
 def fold_in(key: jax.Array, data: jax.Array) -> jax.Array:
     """``jax.random.fold_in(key, data)`` for a scalar typed Threefry key."""
     words = jnp.stack(fold_in_words(key, data))
     return jax.random.wrap_key_data(words, impl=jax.random.key_impl(key))
-
-
-def _words(key: jax.Array) -> tuple[jax.Array, jax.Array]:
-    words = jax.random.key_data(key)
-    return words[0], words[1]
 
 
 def split(key: jax.Array) -> tuple[jax.Array, jax.Array]:

@@ -162,10 +162,12 @@ def join_processes(coordinator: str | None = None, num_processes: int | None = N
         raise ConfigError(f"--distributed: need 0 <= --process-id < --num-processes, got {rank} of {count}")
     if timeout < 1:
         raise ConfigError(f"--join-timeout must be at least 1 second, got {timeout}")
-    if coordinator is not None and rank != 0:
-        # JAX aborts the process, with a C++ stack trace, when the coordinator never
-        # answers; wait for it here instead, and say so in one line.
-        _wait_for_coordinator(coordinator, timeout)
+    if coordinator is not None:
+        host, port = _host_and_port(coordinator)
+        if rank != 0:
+            # JAX aborts the process, with a C++ stack trace, when the coordinator never
+            # answers; wait for it here instead, and say so in one line.
+            _wait_for_coordinator(host, port, timeout)
     # CPU devices of different processes talk through gloo (XLA's default CPU client
     # has no cross-process collectives); GPUs and TPUs are not affected.
     collectives = jax.config.jax_cpu_collectives_implementation
@@ -179,19 +181,23 @@ def join_processes(coordinator: str | None = None, num_processes: int | None = N
                           "--num-processes and --process-id, or launch under SLURM or on a TPU pod") from None
 
 
-def _wait_for_coordinator(address: str, timeout: float) -> None:
-    """Returns once ``HOST:PORT`` accepts a TCP connection; ConfigError after ``timeout`` seconds."""
+def _host_and_port(address: str) -> tuple[str, int]:
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit():
         raise ConfigError(f"--coordinator must be HOST:PORT, got {address!r}")
+    return host.strip("[]"), int(port)
+
+
+def _wait_for_coordinator(host: str, port: int, timeout: float) -> None:
+    """Returns once ``host:port`` accepts a TCP connection; ConfigError after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while True:
         try:
-            with socket.create_connection((host.strip("[]"), int(port)), timeout=1.0):
+            with socket.create_connection((host, port), timeout=1.0):
                 return
         except OSError:
             if time.monotonic() >= deadline:
-                raise ConfigError(f"--distributed: no coordinator answered at {address} within {timeout:g} s "
+                raise ConfigError(f"--distributed: no coordinator answered at {host}:{port} within {timeout:g} s "
                                   "(is process 0 running? --join-timeout sets the wait)") from None
             time.sleep(0.25)
 

@@ -109,8 +109,7 @@ def draw(key: jax.Array, t: jax.Array) -> tuple[jax.Array, jax.Array]:
     """The random draws of action choice ``t``: ``(u ∈ [0, 1), random action)``."""
     # The folded key's data is itself the threefry hash of (key, t): two random
     # words for the price of one hash, computed by ``prng``: on a CPU, jax.random
-    # hashes in a rolled loop of separately dispatched operations, a tick's largest
-    # fixed cost.
+    # hashes in a rolled loop of separately dispatched operations (see prng).
     words = prng.fold_in_words(key, t)
     u = words[0].astype(jnp.float32) * jnp.float32(2.0**-32)
     # float32 rounding can lift the largest words to exactly 1.0; keep u < 1.
