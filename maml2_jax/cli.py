@@ -124,6 +124,7 @@ def _add_gridworld(sub) -> None:
     p.add_argument("--q-init", type=float, default=s.q_init, help="initial Q value (default %(default)s)")
     p.add_argument("--resume", action="store_true",
                    help="continue the interrupted run in --out after its last completed stage (same flags)")
+    _add_process_flags(p, "the runs")
     _add_output_flags(p, config_file=True)
 
 
@@ -175,14 +176,18 @@ def run_gridworld(args, explicit, status) -> None:
     import dataclasses
     import json
 
-    from maml2_jax import evaluation, gridworld_experiment
+    import jax
+
+    from maml2_jax import evaluation, gridworld_experiment, sharding
     from maml2_jax.io import files
     from maml2_jax.io.checkpoint import Checkpoints
 
     config = _gridworld_config(args, explicit)
     if not args.out:
         raise ConfigError("--out: empty path")
+    _join_processes(args)
     gridworld_experiment.check_memory(config)
+    writer = jax.process_index() == 0  # in a multi-process run only process 0 writes
     config_path = os.path.join(args.out, "config.json")
     saved = json.loads(json.dumps(dataclasses.asdict(config)))  # tuples as lists, as the file has them
     if args.resume:
@@ -194,15 +199,18 @@ def run_gridworld(args, explicit, status) -> None:
         if previous != saved:
             raise ConfigError(f"--resume: the run in {args.out} had other settings; resume it with the same flags")
     else:
-        files.claim_directory(args.out, GRIDWORLD_OUTPUTS, args.overwrite)
-        os.makedirs(args.out, exist_ok=True)
-        files.write_json(config_path, saved)
+        def claim():
+            files.claim_directory(args.out, GRIDWORLD_OUTPUTS, args.overwrite)
+            os.makedirs(args.out, exist_ok=True)
+            files.write_json(config_path, saved)
+
+        sharding.from_process_zero(claim)
     stages = {"classify": "learning every task from scratch for its feature (compiling first)",
               "k-means": "clustering tasks into categories",
               "train": "meta-training MAML² and MAML (compiling first)",
               "test": "adapting to every task: MAML², no reset, MAML, LFS (compiling first)"}
     started = time.perf_counter()
-    say = _stderr(args.quiet)
+    say = _stderr(args.quiet or not writer)
     status.update(out=args.out, resume=" ".join(["maml2", "gridworld", *_argv_without(status["argv"], "--overwrite"),
                                                  *([] if args.resume else ["--resume"])]))
 
@@ -222,6 +230,8 @@ def run_gridworld(args, explicit, status) -> None:
         result = gridworld_experiment.run(config, progress, checkpoints=checkpoints)
     finally:
         checkpoints.close()
+    if not writer:
+        return
     from maml2_jax import plotting
 
     summary = evaluation.summarize(result)
@@ -349,17 +359,7 @@ def _add_train(sub) -> None:
                    help="training tasks drawn once and classified (default %(default)s)")
     g.add_argument("--feature", choices=FEATURES, default=d.feature,
                    help="classification feature: the update θ_T − θ or the adapted θ_T (default %(default)s)")
-    g = p.add_argument_group("several processes")
-    g.add_argument("--distributed", action="store_true",
-                   help="join the other processes with jax.distributed.initialize() and split the tasks over the "
-                        "devices of all of them; only process 0 writes. Without the three flags below JAX finds "
-                        "the cluster itself (SLURM, TPU pods, GKE)")
-    g.add_argument("--coordinator", metavar="HOST:PORT",
-                   help="address of process 0's coordinator (default $JAX_COORDINATOR_ADDRESS)")
-    g.add_argument("--num-processes", type=int, metavar="N", help="processes in all (default $JAX_NUM_PROCESSES)")
-    g.add_argument("--process-id", type=int, metavar="I", help="this process, 0 … N−1 (default $JAX_PROCESS_ID)")
-    g.add_argument("--join-timeout", type=int, default=60, metavar="S",
-                   help="seconds to wait for the other processes before giving up (default %(default)s)")
+    _add_process_flags(p, "the tasks")
     _add_output_flags(p, config_file=True)
 
 
@@ -388,21 +388,16 @@ def run_train(args, explicit, status) -> None:
             raise ConfigError("--out: required (or --resume DIR)")
         out = args.out
         config = _train_config(args, explicit)
-    if args.distributed:
-        _initialize_distributed(args)
-    elif any(getattr(args, name) is not None for name in ("coordinator", "num_processes", "process_id")):
-        raise ConfigError("--coordinator, --num-processes and --process-id need --distributed")
+    _join_processes(args)
     deep_training.mesh_for(config)  # refuse a meta-batch that does not split before writing anything
-    writer = not args.distributed or jax.process_index() == 0
-    if writer and not args.resume:
+    writer = jax.process_index() == 0  # in a multi-process run only process 0 writes
+    if not args.resume:
+        from maml2_jax import sharding
         from maml2_jax.io import files
 
-        files.claim_directory(out, TRAIN_OUTPUTS, args.overwrite)
-    if args.distributed:
-        from jax.experimental import multihost_utils
-
-        # The others open the shared checkpoint folder only once process 0 has claimed it.
-        multihost_utils.sync_global_devices("maml2: output directory claimed")
+        # The others open the shared checkpoint folder once process 0 has claimed it,
+        # and stop with its message when it could not.
+        sharding.from_process_zero(lambda: files.claim_directory(out, TRAIN_OUTPUTS, args.overwrite))
     _load_family_quietly(config)
     status.update(out=out, total=config.iterations, iteration=None, resume=f"maml2 train --resume {out}")
     say = _stderr(args.quiet or not writer)
@@ -625,6 +620,21 @@ def _online_events(curves: dict, directory: str) -> None:
         writer.close()
 
 
+def _add_process_flags(p, split: str) -> None:
+    """``--distributed`` and the three values of a multi-process launch (``train``, ``gridworld``)."""
+    g = p.add_argument_group("several processes (docs/multihost.md)")
+    g.add_argument("--distributed", action="store_true",
+                   help=f"join the other processes with jax.distributed.initialize() and split {split} over the "
+                        "devices of all of them; only process 0 writes. Without the three flags below JAX finds "
+                        "the cluster itself (SLURM, TPU pods, GKE)")
+    g.add_argument("--coordinator", metavar="HOST:PORT",
+                   help="address of process 0's coordinator (default $JAX_COORDINATOR_ADDRESS)")
+    g.add_argument("--num-processes", type=int, metavar="N", help="processes in all (default $JAX_NUM_PROCESSES)")
+    g.add_argument("--process-id", type=int, metavar="I", help="this process, 0 … N−1 (default $JAX_PROCESS_ID)")
+    g.add_argument("--join-timeout", type=int, default=60, metavar="S",
+                   help="seconds to wait for the other processes before giving up (default %(default)s)")
+
+
 def _add_output_flags(p, config_file: bool) -> None:
     """The flags every command shares: where settings come from and how outputs behave."""
     if config_file:
@@ -695,10 +705,14 @@ def _load_family_quietly(config) -> None:
         envs.make_task_family(config.env, config.horizon, config.backend)
 
 
-def _initialize_distributed(args) -> None:
+def _join_processes(args) -> None:
+    """With ``--distributed``, joins the run's other processes (before JAX starts)."""
     from maml2_jax import sharding
 
-    sharding.join_processes(args.coordinator, args.num_processes, args.process_id, args.join_timeout)
+    if args.distributed:
+        sharding.join_processes(args.coordinator, args.num_processes, args.process_id, args.join_timeout)
+    elif any(getattr(args, name) is not None for name in ("coordinator", "num_processes", "process_id")):
+        raise ConfigError("--coordinator, --num-processes and --process-id need --distributed")
 
 
 class _Status(dict):

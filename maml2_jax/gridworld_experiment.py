@@ -429,6 +429,7 @@ def run(config: GridworldConfig, progress: Callable[[str], None] | None = None,
     padded = keys.shape[0]
     setting = (dataclasses.replace(config, runs=1, seed=0), mesh if mesh.size > 1 else None)
     compiled = _compiled_stages(*setting, padded)
+    over_runs = functools.partial(sharding.over_runs, mesh=setting[1])  # inputs of other processes' devices too
     classify, train, _ = _shared_build(*setting)
     phases = {}
     outputs = {}  # stage outputs, as NumPy arrays: what a checkpoint holds
@@ -452,23 +453,24 @@ def run(config: GridworldConfig, progress: Callable[[str], None] | None = None,
             return outputs[name]
         say(name)
         t0 = time.perf_counter()
-        outputs[name] = jax.tree.map(np.asarray, jax.block_until_ready(compute()))
+        outputs[name] = sharding.to_host(jax.block_until_ready(compute()))
         _check_finite(name, outputs[name])
         phases[name] = time.perf_counter() - t0
         if checkpoints is not None and index < len(STAGES) - 1:
             checkpoints.save(index + 1, outputs, {"phase_seconds": phases})
         return outputs[name]
 
-    features, classify_steps = stage(0, "classify", lambda: compiled["classify"].result()(keys[:, 0]))
-    labels = stage(1, "k-means", lambda: categorize(features, keys[:, 1], config.categories,
-                                                    config.slots).astype(np.int32))
+    features, classify_steps = stage(0, "classify", lambda: compiled["classify"].result()(over_runs(keys[:, 0])))
+    labels = stage(1, "k-means", lambda: sharding.from_process_zero(  # clustered once, the labels shared
+        lambda: categorize(features, keys[:, 1], config.categories, config.slots).astype(np.int32),
+        templates["k-means"]()))
     members = classification.membership(labels, config.slots)
     active = members.any(axis=-1)  # [R, S]
     theta, category_params, theta_maml, train_steps = stage(
-        2, "train", lambda: compiled["train"].result()(jnp.asarray(members), keys[:, 2], keys[:, 3]))
+        2, "train", lambda: compiled["train"].result()(*over_runs((members, keys[:, 2], keys[:, 3]))))
     steps, chosen, test_steps = stage(
-        3, "test", lambda: compiled["test"].result()(theta, category_params, theta_maml, keys[:, 4],
-                                                     jnp.asarray(active)))
+        3, "test", lambda: compiled["test"].result()(*over_runs((theta, category_params, theta_maml, keys[:, 4],
+                                                                 active))))
     runs = config.runs  # drop the padding runs
 
     def count(ticks):

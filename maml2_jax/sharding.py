@@ -11,7 +11,11 @@ Two axes are split over a 1-D :class:`jax.sharding.Mesh` of all devices:
   over tasks (the surrogate's mean, the curvature products' sum) as all-reduces.
 
 The same code runs on one CPU, several simulated CPU devices
-(``XLA_FLAGS=--xla_force_host_platform_device_count=N``), a GPU or a TPU slice.
+(``XLA_FLAGS=--xla_force_host_platform_device_count=N``), a GPU or a TPU slice, and
+over several processes (``jax.distributed``): :func:`join_processes` joins them, the
+mesh then spans every process's devices, :func:`over_runs` and :func:`to_host` move
+the runs' arrays in and out of such a mesh, and :func:`from_process_zero` shares a
+host decision (k-means labels, the output-directory check) taken once.
 
 On a CPU host, XLA shows one device for all cores, and the lane loops of this
 project are latency-bound: a single device leaves cores idle. :func:`use_host_cores`
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import os
 import socket
+import struct
 import time
 from typing import Callable
 
@@ -32,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from maml2_jax.errors import ConfigError, first_line
+from maml2_jax.errors import ConfigError, NonFiniteError, first_line
 
 RUN_AXIS = "runs"
 TASK_AXIS = "tasks"
@@ -115,6 +120,78 @@ def pad_runs(tree, multiple: int):
     return jax.tree.map(pad, tree)
 
 
+def over_runs(tree, mesh: Mesh | None):
+    """Host arrays (the same on every process) as global arrays split along their
+    leading (run) axis; unchanged in a single-process run, where jit places them.
+
+    Across processes a computation's inputs must be global arrays, each process
+    holding the rows of its own devices. A typed PRNG key array travels as its key data.
+    """
+    if mesh is None or jax.process_count() == 1:
+        return tree
+    split = NamedSharding(mesh, PartitionSpec(RUN_AXIS))
+
+    def place(x):
+        if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+            return jax.random.wrap_key_data(place(np.asarray(jax.random.key_data(x))), impl=jax.random.key_impl(x))
+        host = np.asarray(x)
+        return jax.make_array_from_callback(host.shape, split, lambda index: host[index])
+
+    return jax.tree.map(place, tree)
+
+
+def to_host(tree):
+    """Every leaf as a NumPy array holding all of its rows, on every process (a global
+    array's other processes' rows are gathered across a multi-process run)."""
+    from jax.experimental import multihost_utils
+
+    def gather(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        return np.asarray(x)
+
+    return jax.tree.map(gather, tree)
+
+
+_MESSAGE_BYTES = 1024
+_ERRORS = (ConfigError, NonFiniteError)
+
+
+def from_process_zero(compute: Callable, template=None):
+    """``compute()`` on process 0 alone; its result on every process.
+
+    For host decisions that every process must share: the k-means labels, the
+    output-directory check. Single-process: simply ``compute()``. Across processes the
+    result (a pytree of arrays shaped like ``template``) is broadcast from process 0,
+    and so is its failure: a :class:`ConfigError` or :class:`NonFiniteError` of
+    process 0 is raised on every process with the same one-line message (any other
+    exception as a RuntimeError there), so no process is left waiting for the others.
+    """
+    if jax.process_count() == 1:
+        return compute()
+    from jax.experimental import multihost_utils
+
+    kind, message, result, error = 0, np.zeros(_MESSAGE_BYTES, np.uint8), template, None
+    if jax.process_index() == 0:
+        try:
+            result = compute()
+        except Exception as caught:  # noqa: BLE001 -- shared below, then raised here as it was
+            error = caught
+            kind = next((i + 1 for i, cls in enumerate(_ERRORS) if isinstance(caught, cls)), len(_ERRORS) + 1)
+            text = str(caught).encode()[:_MESSAGE_BYTES]
+            message[:len(text)] = np.frombuffer(text, np.uint8)
+            result = template
+    kind, message, result = multihost_utils.broadcast_one_to_all((np.int32(kind), message, result))
+    if error is not None:
+        raise error
+    if kind:
+        text = bytes(np.asarray(message)).rstrip(b"\0").decode(errors="replace")
+        if kind > len(_ERRORS):
+            raise RuntimeError(f"process 0 failed ({text}); see its error")
+        raise _ERRORS[kind - 1](text)
+    return jax.tree.map(np.asarray, result)
+
+
 def memory_stats(device) -> dict:
     """The device's memory statistics (``bytes_limit``, ``peak_bytes_in_use``, …); empty
     for a backend that reports none (CPUs)."""
@@ -162,12 +239,15 @@ def join_processes(coordinator: str | None = None, num_processes: int | None = N
         raise ConfigError(f"--distributed: need 0 <= --process-id < --num-processes, got {rank} of {count}")
     if timeout < 1:
         raise ConfigError(f"--join-timeout must be at least 1 second, got {timeout}")
-    if coordinator is not None:
+    if coordinator is not None and count > 1:
+        # JAX aborts every process, with a C++ stack trace, when one of them never
+        # comes: process 0 first waits for the others' roll call on its port, and they
+        # for its answer, each bounded by ``timeout`` and ended by one line.
         host, port = _host_and_port(coordinator)
-        if rank != 0:
-            # JAX aborts the process, with a C++ stack trace, when the coordinator never
-            # answers; wait for it here instead, and say so in one line.
-            _wait_for_coordinator(host, port, timeout)
+        if rank == 0:
+            _await_roll_call(port, count, timeout)
+        else:
+            _answer_roll_call(host, port, rank, count, timeout)
     # CPU devices of different processes talk through gloo (XLA's default CPU client
     # has no cross-process collectives); GPUs and TPUs are not affected.
     collectives = jax.config.jax_cpu_collectives_implementation
@@ -188,18 +268,88 @@ def _host_and_port(address: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def _wait_for_coordinator(host: str, port: int, timeout: float) -> None:
-    """Returns once ``host:port`` accepts a TCP connection; ConfigError after ``timeout`` seconds."""
+# The roll call: each process k > 0 connects to the coordinator's port, sends
+# (k, N) and waits for process 0's "go"; process 0 listens there until all N − 1 have
+# reported, answers them and closes the port, which JAX's coordinator then binds.
+_ROLL_CALL = struct.Struct("!II")
+_GO = b"go"
+
+
+def _await_roll_call(port: int, count: int, timeout: float) -> None:
+    """Process 0: returns once processes 1..count−1 have reported; ConfigError after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    peers = {}
+    dual = socket.has_dualstack_ipv6()  # every interface, as JAX's coordinator binds
+    try:
+        server = socket.create_server(("", port), family=socket.AF_INET6 if dual else socket.AF_INET,
+                                      backlog=count, dualstack_ipv6=dual)
+    except OSError as error:
+        raise ConfigError(f"--distributed: cannot listen on port {port} ({error.strerror}); "
+                          "choose another --coordinator port") from None
+    with server:
+        try:
+            while len(peers) < count - 1:
+                server.settimeout(max(deadline - time.monotonic(), 0.001))
+                try:
+                    peer, _ = server.accept()
+                except TimeoutError:
+                    missing = sorted(set(range(1, count)) - set(peers))
+                    raise ConfigError(f"--distributed: {len(peers) + 1} of {count} processes joined within "
+                                      f"{timeout:g} s; missing --process-id {', '.join(map(str, missing))} "
+                                      "(--join-timeout sets the wait)") from None
+                peer.settimeout(max(deadline - time.monotonic(), 0.001))
+                try:
+                    rank, their_count = _ROLL_CALL.unpack(_receive(peer, _ROLL_CALL.size))
+                except (OSError, ValueError):
+                    peer.close()  # not one of ours, or gone: keep listening
+                    continue
+                if their_count != count or rank in peers or not 0 < rank < count:
+                    peer.close()
+                    what = (f"--num-processes {their_count} (process 0 has {count})" if their_count != count
+                            else f"--process-id {rank} twice" if rank in peers else f"--process-id {rank}")
+                    raise ConfigError(f"--distributed: a process joined with {what}")
+                peers[rank] = peer
+            for peer in peers.values():
+                peer.sendall(_GO)
+        finally:
+            for peer in peers.values():
+                peer.close()
+
+
+def _answer_roll_call(host: str, port: int, rank: int, count: int, timeout: float) -> None:
+    """Process ``rank`` > 0: reports to process 0 and returns on its "go"; ConfigError
+    when it does not answer within ``timeout`` s (or gives up on the others)."""
     deadline = time.monotonic() + timeout
     while True:
         try:
-            with socket.create_connection((host, port), timeout=1.0):
-                return
+            connection = socket.create_connection((host, port), timeout=1.0)
+            break
         except OSError:
             if time.monotonic() >= deadline:
                 raise ConfigError(f"--distributed: no coordinator answered at {host}:{port} within {timeout:g} s "
                                   "(is process 0 running? --join-timeout sets the wait)") from None
             time.sleep(0.25)
+    with connection:
+        # Process 0 may wait up to its own timeout for the last process; allow it that.
+        connection.settimeout(max(deadline - time.monotonic(), 0.0) + timeout)
+        try:
+            connection.sendall(_ROLL_CALL.pack(rank, count))
+            answer = _receive(connection, len(_GO))
+        except (OSError, ValueError):
+            answer = b""
+    if answer != _GO:
+        raise ConfigError(f"--distributed: process 0 at {host}:{port} did not let process {rank} join "
+                          "(see its error: not all processes came, or the launch flags differ)")
+
+
+def _receive(connection: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = connection.recv(size - len(data))
+        if not chunk:
+            raise ValueError("connection closed")
+        data += chunk
+    return data
 
 
 def _env_int(name: str) -> int | None:

@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from maml2_jax import sharding
 from maml2_jax.core import category_meta, classification, outer_update
 from maml2_jax.core.config import MetaConfig
 from maml2_jax.core.types import Learner, MetaRule, RunState, TaskSource, stack_copies
@@ -244,14 +245,16 @@ def run(engine: Engine, state: RunState, iterations: int | None = None, callback
     while (i := _iteration(state)) < iterations:
         classified = needs_classification(engine.config, i, bool(np.asarray(state.classified).reshape(-1)[0]))
         if classified:
-            f = np.asarray(features(state))
-            if seeds:
-                parts = [classify(jax.tree.map(lambda x: x[s], state), f[s], engine.config.categories)
-                         for s in range(f.shape[0])]
-                state = jax.tree.map(lambda *xs: jnp.stack(xs), *parts)
-            else:
-                state = classify(state, f, engine.config.categories)
-            state = place(state)
+            f = np.asarray(features(state))  # every pool task's, gathered from all devices
+
+            def classified_state(state=state, f=f):
+                if seeds:
+                    parts = [classify(jax.tree.map(lambda x: x[s], state), f[s], engine.config.categories)
+                             for s in range(f.shape[0])]
+                    return jax.tree.map(lambda *xs: jnp.stack(xs), *parts)
+                return classify(state, f, engine.config.categories)
+
+            state = place(_classified_once(state, classified_state))
         state, metrics = step(state)
         bad = [name for name, ok in jax.device_get(_finite(state, metrics)).items() if not ok]
         if bad:
@@ -260,6 +263,25 @@ def run(engine: Engine, state: RunState, iterations: int | None = None, callback
         if callback is not None:
             callback(state, metrics, classified)
     return state
+
+
+_CLASSIFICATION = ("labels", "members", "centroids", "classified")
+
+
+def _classified_once(state: RunState, classified_state: Callable[[], RunState]) -> RunState:
+    """``classified_state()``, computed by process 0 alone in a multi-process run and its
+    classification shared with the others, which would otherwise each run k-means."""
+    if jax.process_count() == 1:
+        return classified_state()
+    template = {name: np.zeros(np.shape(getattr(state, name)), getattr(state, name).dtype)
+                for name in _CLASSIFICATION}
+
+    def classification_fields():
+        new = classified_state()
+        return {name: np.asarray(getattr(new, name)) for name in _CLASSIFICATION}
+
+    shared = sharding.from_process_zero(classification_fields, template)
+    return state.replace(**{name: jnp.asarray(value) for name, value in shared.items()})
 
 
 def compile_steps(engine: Engine, state: RunState, seeds: bool = False) -> float:

@@ -185,7 +185,19 @@ def brax_env(robot: str, backend: str):
         raise ConfigError(f"unknown brax backend {backend!r}; valid backends: {', '.join(BACKENDS)}")
     from brax import envs  # brax loads slowly; families that never use it do not pay
 
-    return envs.get_environment(robot, backend=backend)
+    if jax.process_count() == 1:
+        return envs.get_environment(robot, backend=backend)
+    # MuJoCo's loader (mjx.put_model, called by brax) places the model on
+    # jax.devices()[0], which in a multi-process run is process 0's: the other
+    # processes would hold constants they cannot read. Place it on this process's own.
+    from mujoco import mjx
+
+    put_model = mjx.put_model
+    mjx.put_model = functools.partial(put_model, device=jax.local_devices()[0])
+    try:
+        return envs.get_environment(robot, backend=backend)
+    finally:
+        mjx.put_model = put_model
 
 
 @functools.lru_cache(maxsize=None)
