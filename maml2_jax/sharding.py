@@ -26,9 +26,11 @@ accelerator devices are used.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import struct
+import sys
 import time
 from typing import Callable
 
@@ -218,14 +220,16 @@ def device_memory(devices=None) -> tuple[int, str]:
 
 def join_processes(coordinator: str | None = None, num_processes: int | None = None, process_id: int | None = None,
                    timeout: int = 60) -> None:
-    """Joins the other processes of a run (``jax.distributed.initialize``), before JAX starts.
+    """Joins the other processes of a run (``jax.distributed.initialize``).
 
-    The three values default to ``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES`` and
-    ``JAX_PROCESS_ID``; with none of them JAX detects the cluster (SLURM, TPU pods,
-    GKE). CPU devices of different processes exchange data through gloo. Impure
-    (global JAX state). ConfigError, in one line, for an incomplete launch or a
-    coordinator that does not answer within ``timeout`` seconds; the messages name the
-    ``maml2 train`` flags of these values.
+    Call before JAX starts; returns with its backends started and every process
+    connected. The three values default to ``JAX_COORDINATOR_ADDRESS``,
+    ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID``; with none of them JAX detects the
+    cluster (SLURM, TPU pods, GKE). CPU devices of different processes exchange data
+    through gloo. Impure (global JAX state, sockets). ConfigError, in one line, for an
+    incomplete launch, processes launched with different counts, or processes (the
+    coordinator, or the others for process 0) that do not come within ``timeout``
+    seconds; the messages name the ``maml2`` flags of these values.
     """
     coordinator = coordinator or os.environ.get("JAX_COORDINATOR_ADDRESS") or None
     count = num_processes if num_processes is not None else _env_int("JAX_NUM_PROCESSES")
@@ -259,6 +263,28 @@ def join_processes(coordinator: str | None = None, num_processes: int | None = N
         where = f"the coordinator {coordinator} within {timeout} s" if coordinator else "the cluster"
         raise ConfigError(f"--distributed: cannot reach {where} ({first_line(error, 120)}); pass --coordinator, "
                           "--num-processes and --process-id, or launch under SLURM or on a TPU pod") from None
+    # A first collective across all processes, now: it checks that they can exchange
+    # data, and it is where gloo prints its connection notice on stdout, which must
+    # hold the command's results alone (a failure still raises).
+    from jax.experimental import multihost_utils
+
+    with _stdout_silenced():
+        multihost_utils.sync_global_devices("maml2: processes joined")
+
+
+@contextlib.contextmanager
+def _stdout_silenced():
+    """Points file descriptor 1 at /dev/null for the block (C++ libraries print there too)."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    with open(os.devnull, "w") as null:
+        os.dup2(null.fileno(), 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def _host_and_port(address: str) -> tuple[str, int]:
