@@ -43,7 +43,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 import common  # noqa: E402  (beside this file)
-from maml2_jax import deep_training, envs  # noqa: E402
+from maml2_jax import cli, deep_training, envs  # noqa: E402
 from maml2_jax.core import train as engine_lib  # noqa: E402
 from maml2_jax.errors import ConfigError  # noqa: E402
 from maml2_jax.learners.policy_gradient import PolicyGradientConfig  # noqa: E402
@@ -201,20 +201,14 @@ def main():
                         help="environments of the brax PPO yardstick (0: skip it; brax's own setting is 2048)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="benchmarks/results/throughput.json")
-    group = parser.add_argument_group("several processes, as maml2 train (docs/multihost.md)")
-    group.add_argument("--distributed", action="store_true", help="join the other processes first")
-    group.add_argument("--coordinator", metavar="HOST:PORT")
-    group.add_argument("--num-processes", type=int, metavar="N")
-    group.add_argument("--process-id", type=int, metavar="I")
-    group.add_argument("--join-timeout", type=int, default=60, metavar="S")
+    cli.add_process_flags(parser, "the tasks")  # as maml2 train
     args = parser.parse_args()
-    if args.distributed:
-        if args.ppo_envs:
-            parser.error("--ppo-envs runs brax's trainer in one process: not with --distributed")
-        try:
-            sharding.join_processes(args.coordinator, args.num_processes, args.process_id, args.join_timeout)
-        except ConfigError as error:
-            parser.exit(2, f"throughput.py: error: {error}\n")
+    if args.distributed and args.ppo_envs:
+        parser.error("--ppo-envs runs brax's trainer in one process: not with --distributed")
+    try:
+        cli.join_from_flags(args)
+    except ConfigError as error:
+        parser.exit(2, f"throughput.py: error: {error}\n")
     lead = jax.process_index() == 0  # only process 0 prints and writes
     say = print if lead else (lambda *a, **k: None)
 

@@ -124,7 +124,7 @@ def _add_gridworld(sub) -> None:
     p.add_argument("--q-init", type=float, default=s.q_init, help="initial Q value (default %(default)s)")
     p.add_argument("--resume", action="store_true",
                    help="continue the interrupted run in --out after its last completed stage (same flags)")
-    _add_process_flags(p, "the runs")
+    add_process_flags(p, "the runs")
     _add_output_flags(p, config_file=True)
 
 
@@ -185,7 +185,7 @@ def run_gridworld(args, explicit, status) -> None:
     config = _gridworld_config(args, explicit)
     if not args.out:
         raise ConfigError("--out: empty path")
-    _join_processes(args)
+    join_from_flags(args)
     gridworld_experiment.check_memory(config)
     writer = jax.process_index() == 0  # in a multi-process run only process 0 writes
     config_path = os.path.join(args.out, "config.json")
@@ -359,7 +359,7 @@ def _add_train(sub) -> None:
                    help="training tasks drawn once and classified (default %(default)s)")
     g.add_argument("--feature", choices=FEATURES, default=d.feature,
                    help="classification feature: the update θ_T − θ or the adapted θ_T (default %(default)s)")
-    _add_process_flags(p, "the tasks")
+    add_process_flags(p, "the tasks")
     _add_output_flags(p, config_file=True)
 
 
@@ -388,7 +388,7 @@ def run_train(args, explicit, status) -> None:
             raise ConfigError("--out: required (or --resume DIR)")
         out = args.out
         config = _train_config(args, explicit)
-    _join_processes(args)
+    join_from_flags(args)
     deep_training.mesh_for(config)  # refuse a meta-batch that does not split before writing anything
     writer = jax.process_index() == 0  # in a multi-process run only process 0 writes
     if not args.resume:
@@ -620,8 +620,9 @@ def _online_events(curves: dict, directory: str) -> None:
         writer.close()
 
 
-def _add_process_flags(p, split: str) -> None:
-    """``--distributed`` and the three values of a multi-process launch (``train``, ``gridworld``)."""
+def add_process_flags(p, split: str) -> None:
+    """``--distributed`` and the three values of a multi-process launch (``train``, ``gridworld``,
+    ``benchmarks/throughput.py``); ``split`` names what is spread over the devices."""
     g = p.add_argument_group("several processes (docs/multihost.md)")
     g.add_argument("--distributed", action="store_true",
                    help=f"join the other processes with jax.distributed.initialize() and split {split} over the "
@@ -705,8 +706,9 @@ def _load_family_quietly(config) -> None:
         envs.make_task_family(config.env, config.horizon, config.backend)
 
 
-def _join_processes(args) -> None:
-    """With ``--distributed``, joins the run's other processes (before JAX starts)."""
+def join_from_flags(args) -> None:
+    """With ``--distributed`` (flags of :func:`add_process_flags`), joins the run's other
+    processes (before JAX starts); ConfigError for those flags without it."""
     from maml2_jax import sharding
 
     if args.distributed:
