@@ -359,6 +359,9 @@ def _add_train(sub) -> None:
                    help="training tasks drawn once and classified (default %(default)s)")
     g.add_argument("--feature", choices=FEATURES, default=d.feature,
                    help="classification feature: the update θ_T − θ or the adapted θ_T (default %(default)s)")
+    g.add_argument("--classify-trajectories", type=int, default=d.classify_trajectories,
+                   help="trajectories per task of the adaptations that classify: the pool's features and, in "
+                        "evaluate, the update tendency (default %(default)s: --num-trajectories)")
     add_process_flags(p, "the tasks")
     _add_output_flags(p, config_file=True)
 

@@ -5,7 +5,9 @@ every method on the same fresh test tasks:
 
 * ``maml``: θ of each MAML run, K policy-gradient steps;
 * ``maml2``: θ of each MAML² run, one step, reset to θ_{c*} by update tendency, then
-  K − 1 more (:func:`maml2_jax.core.readaptation.adaptation_curve`);
+  K − 1 more (:func:`maml2_jax.core.readaptation.adaptation_curve`); a run trained
+  with ``classify_trajectories`` reads the tendency from a separate step with that
+  many trajectories;
 * ``maml2_no_reset``: the same θ without the reset (the ablation);
 * ``lfs``: learning from scratch, a freshly initialised policy per run seed.
 
@@ -101,10 +103,14 @@ def _curve_function(parts, steps: int):
     jitted once; ``active`` ``[S]`` bool: the category slots the reset may pick (default all)."""
     one_step = dataclasses.replace(parts.config.inner, inner_steps=1)
     learner = make_policy_gradient_learner(parts.family, parts.policy, one_step)
+    tendency = None  # MAML² read with its classifying batch (classify_trajectories), if it has its own
+    if parts.config.classifier_inner != parts.config.inner:
+        tendency = make_policy_gradient_learner(parts.family, parts.policy,
+                                                dataclasses.replace(parts.config.classifier_inner, inner_steps=1))
 
     def curves(theta, category_params, tasks, key, reset, active=None):
         def one(task, k):
-            return adaptation_curve(learner, steps, theta, task, k, category_params, reset, active)
+            return adaptation_curve(learner, steps, theta, task, k, category_params, reset, active, tendency)
 
         return jax.vmap(one)(tasks, jax.random.split(key, tasks.shape[0]))
 
@@ -182,7 +188,7 @@ def evaluate(run_dirs: list[str], num_tasks: int = 40, steps: int = 3, seed: int
     lfs_seeds = set()
     compiled = {}  # one jitted function per learner setting, shared by the runs that use it
     for path, (config, run_parts, theta, category_params) in zip(run_dirs, loaded):
-        setting = (config.policy, config.inner)
+        setting = (config.policy, config.inner, config.classifier_inner)
         if setting not in compiled:
             compiled[setting] = _curve_function(run_parts, steps)
         curves = compiled[setting]

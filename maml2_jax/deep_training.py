@@ -81,6 +81,11 @@ class TrainConfig:
       meta_batch_size: MAML's tasks per meta-update (MAML²: ``meta.tasks_per_category``).
       pool_size: MAML²'s training tasks, drawn once and classified.
       feature: MAML²'s classification feature: "update" (θ_T − θ) or "adapted" (θ_T).
+      classify_trajectories: MAML²'s trajectories per task in the adaptations that
+        classify: the pool's features in training and the update tendency at test
+        time (0: ``inner.num_trajectories``). A one-step policy-gradient update from
+        few trajectories is mostly sampling noise; more of them make the feature, not
+        the meta-training, more accurate.
       rule: the meta-update: "trpo" (MAML-TRPO), "adam" or "sgd" (a meta-gradient
         through that optax optimiser, step size ``meta_lr``).
       meta_lr: step size of the optax rules.
@@ -100,6 +105,7 @@ class TrainConfig:
     meta_batch_size: int = 20
     pool_size: int = 40
     feature: str = "update"
+    classify_trajectories: int = 0
     rule: str = "trpo"
     meta_lr: float = 1e-3
     curvature_fraction: float = 1.0
@@ -133,6 +139,9 @@ class TrainConfig:
         check_positive_int("meta-batch size", self.meta_batch_size)
         check_positive_int("pool size", self.pool_size)
         check_choice("feature", self.feature, FEATURES)
+        check_non_negative_int("classify trajectories", self.classify_trajectories)
+        if self.classify_trajectories and self.algo != "maml2":
+            raise ConfigError("classify trajectories apply to --algo maml2 only: MAML does not classify")
         object.__setattr__(self, "meta_lr", check_float("meta learning rate", self.meta_lr, low=0, low_open=True))
         object.__setattr__(self, "curvature_fraction",
                            check_float("curvature fraction", self.curvature_fraction, 0, 1, low_open=True))
@@ -157,6 +166,11 @@ class TrainConfig:
     def tasks_per_update(self) -> int:
         """Tasks of one meta-update: the meta-batch (MAML) or one category's (MAML²)."""
         return self.meta.tasks_per_category if self.algo == "maml2" else self.meta_batch_size
+
+    @property
+    def classifier_inner(self) -> PolicyGradientConfig:
+        """The inner loop of the adaptations that classify (``classify_trajectories`` each)."""
+        return dataclasses.replace(self.inner, num_trajectories=self.classify_trajectories or self.inner.num_trajectories)
 
     def schedule(self) -> MetaConfig:
         """The engine's schedule: MAML is one category, one step per outer iteration, θ_c ← θ."""
@@ -214,18 +228,27 @@ def memory_estimate(config: TrainConfig, tasks: tuple[str, int] | None = None,
 
     default_horizon = nav2d.Nav2dConfig().horizon if config.env in nav2d.TASK_FAMILIES \
         else brax_tasks.BraxTaskConfig().horizon
+    trajectories = ("--num-trajectories", config.inner.num_trajectories)
     if tasks is None:
         if config.algo == "maml2":
             parallel = config.meta.slots if config.meta.outer_update == "parallel" else 1
-            # The classification adapts the whole pool at once, a category step B tasks
-            # of every category (parallel) or of one.
-            tasks = max(("--pool-size", config.pool_size),
-                        ("--tasks-per-category", config.meta.tasks_per_category * parallel), key=lambda f: f[1])
+            # The classification adapts the whole pool at once (with its own batch of
+            # trajectories), a category step B tasks of every category (parallel) or of one.
+            pool = (("--pool-size", config.pool_size), ("--classify-trajectories" if config.classify_trajectories
+                                                         else "--num-trajectories",
+                                                         config.classifier_inner.num_trajectories))
+            step = (("--tasks-per-category", config.meta.tasks_per_category * parallel), trajectories)
+            tasks, trajectories = max(pool, step, key=lambda f: f[0][1] * f[1][1])
         else:
             tasks = ("--meta-batch-size", config.meta_batch_size)
     flag, k = steps if steps is not None else ("--inner-steps", config.inner.inner_steps)
     factors = {"--seeds": config.seeds if seeds is None else seeds, tasks[0]: tasks[1], flag: k + 1,
-               "--num-trajectories": config.inner.num_trajectories, "--horizon": config.horizon or default_horizon}
+               trajectories[0]: trajectories[1], "--horizon": config.horizon or default_horizon}
+    if steps is not None and config.classify_trajectories > (k + 1) * trajectories[1]:
+        # An evaluation also adapts each test task once with the classifying batch, for
+        # the update tendency; that one batch is the larger.
+        del factors[flag], factors[trajectories[0]]
+        factors["--classify-trajectories"] = config.classify_trajectories
     floats_per_step = 2 * sum(config.policy.hidden_sizes) + 8
     return 4 * floats_per_step * math.prod(factors.values()), factors
 
@@ -288,7 +311,10 @@ class Parts:
             self.source = task_sources.fixed_pool(self.family.sample_tasks, config.pool_size)
         else:
             self.source = task_sources.fresh(self.family.sample_tasks)
-        self.engine = engine_lib.make_engine(self.learner, self.rule, self.source, config.schedule())
+        classifier = None
+        if config.classifier_inner != config.inner:
+            classifier = make_policy_gradient_learner(self.family, self.policy, config.classifier_inner, config.feature)
+        self.engine = engine_lib.make_engine(self.learner, self.rule, self.source, config.schedule(), classifier)
 
     def init(self, seed: int) -> RunState:
         """The run state of ``seed``: θ from ``key(seed)``, the run key ``key(seed + 1000003)``."""

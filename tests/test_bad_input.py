@@ -301,6 +301,9 @@ CASES = [
     train("--tasks-per-category", "0", field="tasks per category"),
     train("--classify-every", "-1", field="classify every"),
     train("--pool-size", "0", field="pool size"),
+    train("--algo", "maml2", "--classify-trajectories", "-1", field="classify trajectories"),
+    train("--classify-trajectories", "50", field="classify trajectories"),  # MAML does not classify
+    train("--classify-trajectories", "x", field="--classify-trajectories"),
     # train: floats
     train("--inner-lr", "0", field="inner learning rate"),
     train("--inner-lr", "-0.1", field="inner learning rate"),
@@ -325,6 +328,7 @@ CASES = [
     train("--num-trajectories", "1000000000", field="--num-trajectories"),
     train("--meta-batch-size", "1000000000", field="--meta-batch-size"),
     train("--algo", "maml2", "--pool-size", "1000000000", field="--pool-size"),
+    train("--algo", "maml2", "--classify-trajectories", "1000000000", field="--classify-trajectories"),
     # train: the output
     train(field="--out", out=False),
     train("--out", "", field="--out"),

@@ -12,6 +12,7 @@ import dataclasses
 
 from maml2_jax.errors import ConfigError
 from maml2_jax.learners.policy_gradient import PolicyGradientConfig
+from maml2_jax.networks import PolicyConfig
 
 
 def test_short_training_run_improves_post_adaptation_return(tmp_path):
@@ -40,7 +41,8 @@ def test_short_training_run_improves_post_adaptation_return(tmp_path):
      (dict(algo="maml2", pool_size=2), "cannot make"), (dict(feature="grad"), "feature"),
      (dict(curvature_fraction=2.0), "curvature"), (dict(devices=-1), "devices"),
      (dict(backend="spring"), "brax families only"), (dict(env="halfcheetah-vel", backend="bullet"), "unknown brax"),
-     (dict(horizon=-5), "horizon")],
+     (dict(horizon=-5), "horizon"), (dict(classify_trajectories=40), "MAML does not classify"),
+     (dict(algo="maml2", classify_trajectories=-1), "classify trajectories")],
 )
 def test_config_errors(kwargs, message):
     with pytest.raises(ConfigError, match=message):
@@ -69,6 +71,31 @@ def test_short_maml2_run_improves_and_saves_its_categories(tmp_path):
     # θ is the mean of the category parameters (parallel global move).
     for t, c in zip(jax.tree.leaves(theta), jax.tree.leaves(category_params)):
         np.testing.assert_allclose(t, np.mean(c, axis=0), rtol=1e-5, atol=1e-6)
+
+
+def test_classify_trajectories_change_the_features_and_nothing_else():
+    base = deep_training.TrainConfig(
+        env="nav2d-isolated", algo="maml2", horizon=10, rule="adam", pool_size=6, devices=1,
+        policy=PolicyConfig(hidden_sizes=(8,)), inner=PolicyGradientConfig(num_trajectories=4),
+        meta=dataclasses.replace(deep_training.DEEP_SCHEDULE, categories=2, tasks_per_category=2))
+    wide = dataclasses.replace(base, classify_trajectories=32)
+    parts, wide_parts = deep_training.Parts(base), deep_training.Parts(wide)
+    state = parts.init(1)
+    # The meta-training step is the same computation: compare exactly.
+    for a, b in zip(jax.tree.leaves(parts.engine.step(state)), jax.tree.leaves(wide_parts.engine.step(state))):
+        np.testing.assert_array_equal(a, b)
+    # The features are those of an engine whose one learner samples 32 trajectories.
+    by_32 = dataclasses.replace(base, inner=PolicyGradientConfig(num_trajectories=32))
+    expected = deep_training.Parts(by_32).engine.features(state)
+    features = wide_parts.engine.features(state)
+    np.testing.assert_array_equal(features, expected)
+    assert features.shape == parts.engine.features(state).shape
+    assert not np.allclose(features, parts.engine.features(state))
+    # A batch of 32 per task makes the pool's classification the largest thing in memory.
+    _, factors = deep_training.memory_estimate(wide)
+    assert factors["--classify-trajectories"] == 32 and "--num-trajectories" not in factors
+    _, factors = deep_training.memory_estimate(wide, tasks=("--tasks", 8), steps=("--steps", 3))
+    assert factors == {"--seeds": 1, "--tasks": 8, "--classify-trajectories": 32, "--horizon": 10}
 
 
 def test_device_requests_are_checked():

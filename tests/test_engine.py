@@ -14,7 +14,7 @@ from maml2_jax.core import train as engine_lib
 from maml2_jax.core.config import MetaConfig
 from maml2_jax.core.outer_update import interpolate
 from maml2_jax.core.readaptation import adaptation_curve
-from maml2_jax.core.types import take, tree_norm
+from maml2_jax.core.types import Learner, take, tree_norm
 from maml2_jax.envs import nav2d
 from maml2_jax.errors import ConfigError
 from maml2_jax.learners.policy_gradient import (PolicyGradientConfig, make_policy_gradient_adapter,
@@ -237,6 +237,39 @@ def test_adaptation_curve_resets_to_the_category_the_update_moves_towards(tiny):
     np.testing.assert_allclose(returns[0], plain[0], rtol=1e-6)
     _, expected_1 = learner.adapt(theta_1, task, jax.random.fold_in(key, 1))
     np.testing.assert_allclose(plain[1], expected_1[0], rtol=1e-5)
+
+
+def _shift_learner(direction):
+    """A learner whose adaptation adds ``direction`` (and the key's first bits, so a
+    round's key shows in its result); its score is the sum of the adapted parameters."""
+
+    def adapt(params, task, key):
+        del task
+        adapted = params + direction + 1e-3 * jax.random.uniform(key)
+        return adapted, jnp.sum(adapted)[None]
+
+    return Learner(init=lambda key: jnp.zeros(2), adapt=adapt, feature=lambda p, a, s: a - p, score=lambda s: s)
+
+
+def test_the_tendency_learner_picks_the_category_and_nothing_else():
+    # The adapting learner moves along x, the tendency learner along y; category 0
+    # lies along x, category 1 along y.
+    learner, pointer = _shift_learner(jnp.array([1.0, 0.0])), _shift_learner(jnp.array([0.0, 1.0]))
+    theta, key = jnp.zeros(2), jax.random.key(5)
+    categories = jnp.array([[5.0, 0.0], [0.0, 7.0]])  # unequal, so the scores tell them apart
+    plain, chosen = adaptation_curve(learner, 2, theta, None, key, categories)
+    assert int(chosen) == 0
+    returns, chosen = adaptation_curve(learner, 2, theta, None, key, categories, tendency_learner=pointer)
+    assert int(chosen) == 1
+    # Round 0 is the adapting learner's either way; then the reset continues from category 1.
+    assert returns[0] == plain[0]
+    expected = learner.adapt(categories[1], None, jax.random.fold_in(key, 1))[1][0]
+    np.testing.assert_allclose(returns[1], expected, rtol=1e-6)  # scanned vs eager: float32 rounding at most
+    # Without the reset the tendency learner changes nothing.
+    no_reset, _ = adaptation_curve(learner, 2, theta, None, key, categories, reset_enabled=False)
+    with_pointer, _ = adaptation_curve(learner, 2, theta, None, key, categories, reset_enabled=False,
+                                       tendency_learner=pointer)
+    np.testing.assert_array_equal(no_reset, with_pointer)
 
 
 def test_features_are_the_update_or_the_adapted_parameters(tiny):

@@ -33,17 +33,18 @@ def update_tendency(theta, theta_1, category_params, active=None) -> jax.Array:
     return jnp.argmin(tendency).astype(jnp.int32)
 
 
-def reset(theta, theta_1, category_params, enabled=True, active=None):
+def reset(theta, theta_1, category_params, enabled=True, active=None, pointer=None):
     """``(params to continue from, c*)``: θ_{c*} when ``enabled`` (a bool, may be traced), else θ₁.
-    ``active``: the slots that may be chosen (default all)."""
-    chosen = update_tendency(theta, theta_1, category_params, active)
+    ``active``: the slots that may be chosen (default all); ``pointer``: the adapted
+    parameters the tendency is read from, if not θ₁."""
+    chosen = update_tendency(theta, theta_1 if pointer is None else pointer, category_params, active)
     reset_params = take(category_params, chosen)
     params = jax.tree.map(lambda r, t: jnp.where(enabled, r, t), reset_params, theta_1)
     return params, chosen
 
 
 def adaptation_curve(learner: Learner, rounds: int, params, task, key, category_params=None,
-                     reset_enabled: bool = True, active=None):
+                     reset_enabled: bool = True, active=None, tendency_learner: Learner | None = None):
     """Scores of ``rounds + 1`` adaptation rounds on one task, with the update-tendency reset.
 
     ``learner.adapt`` is one round (one policy-gradient step, one episode); round k
@@ -53,6 +54,11 @@ def adaptation_curve(learner: Learner, rounds: int, params, task, key, category_
     ``learner.score`` of round k (for a policy-gradient learner: the return of the
     batch sampled before that round's update).
 
+    ``tendency_learner`` (optional, with ``category_params``): the update tendency is
+    read from its own adaptation of θ (key ``fold_in(key, rounds + 1)``) instead of
+    round 0's; round 0's score and θ₁ (the no-reset path) stay the learner's. A
+    policy-gradient learner with a larger batch gives a less noisy tendency.
+
     Returns:
       ``(scores [rounds + 1], c*)``, c* = −1 without categories.
     """
@@ -61,7 +67,10 @@ def adaptation_curve(learner: Learner, rounds: int, params, task, key, category_
     chosen = jnp.int32(-1)
     current = theta_1
     if category_params is not None:
-        current, chosen = reset(params, theta_1, category_params, reset_enabled, active)
+        pointer = None
+        if tendency_learner is not None:
+            pointer, _ = tendency_learner.adapt(params, task, jax.random.fold_in(key, rounds + 1))
+        current, chosen = reset(params, theta_1, category_params, reset_enabled, active, pointer)
 
     def body(p, k):
         p, stats = learner.adapt(p, task, jax.random.fold_in(key, k))
