@@ -234,9 +234,9 @@ def memory_estimate(config: TrainConfig, tasks: tuple[str, int] | None = None,
             parallel = config.meta.slots if config.meta.outer_update == "parallel" else 1
             # The classification adapts the whole pool at once (with its own batch of
             # trajectories), a category step B tasks of every category (parallel) or of one.
-            pool = (("--pool-size", config.pool_size), ("--classify-trajectories" if config.classify_trajectories
-                                                         else "--num-trajectories",
-                                                         config.classifier_inner.num_trajectories))
+            classifying = ("--classify-trajectories", config.classify_trajectories) if config.classify_trajectories \
+                else trajectories
+            pool = (("--pool-size", config.pool_size), classifying)
             step = (("--tasks-per-category", config.meta.tasks_per_category * parallel), trajectories)
             tasks, trajectories = max(pool, step, key=lambda f: f[0][1] * f[1][1])
         else:
