@@ -10,10 +10,10 @@
   ``benchmarks/results/nav2d_isolated-eval-engine.json`` (what ``maml2 evaluate``
   wrote for 5 seeds of MAML² and MAML on nav2d-isolated; see docs/results.md), so no
   hour of training is needed.
-- ``docs/halfcheetah_dir.png``: the MAML-TRPO learning curve on halfcheetah-dir, from
-  the stored metrics ``benchmarks/results/halfcheetah_dir-curve.json`` (the
-  ``metrics.jsonl`` of ``maml2 train --env halfcheetah-dir --horizon 50 --iterations
-  150``; see docs/results.md).
+- ``docs/halfcheetah_dir.png``: the MAML-TRPO learning curves on halfcheetah-dir, from
+  the stored metrics ``benchmarks/results/halfcheetah_dir-*curve.json`` (the
+  ``metrics.jsonl`` rows of the ``maml2 train --env halfcheetah-dir`` runs in
+  docs/results.md: horizon 50, and horizon 100 with inner step sizes 0.1 and 0.5).
 
 Impure: runs the experiment, writes the PNGs (atomically) and prints what it did.
 """
@@ -29,7 +29,12 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 NAV2D_SUMMARY = ROOT / "benchmarks" / "results" / "nav2d_isolated-eval-engine.json"
-CHEETAH_CURVE = ROOT / "benchmarks" / "results" / "halfcheetah_dir-curve.json"
+# The ``metrics.jsonl`` rows of ``maml2 train --env halfcheetah-dir`` runs, with what differs between them.
+CHEETAH_CURVES = [
+    (ROOT / "benchmarks" / "results" / "halfcheetah_dir-curve.json", "horizon 50, α = 0.1"),
+    (ROOT / "benchmarks" / "results" / "halfcheetah_dir-h100-curve.json", "horizon 100, α = 0.1"),
+    (ROOT / "benchmarks" / "results" / "halfcheetah_dir-h100-lr05-curve.json", "horizon 100, α = 0.5"),
+]
 
 
 def gridworld() -> pathlib.Path:
@@ -62,7 +67,7 @@ def nav2d() -> pathlib.Path:
 
 
 def halfcheetah_dir() -> pathlib.Path:
-    """``docs/halfcheetah_dir.png``: return before and after adaptation per meta-iteration."""
+    """``docs/halfcheetah_dir.png``: return before and after adaptation, and their gap, per meta-iteration."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -71,28 +76,37 @@ def halfcheetah_dir() -> pathlib.Path:
 
     from maml2_jax.io import files
 
-    rows = json.loads(CHEETAH_CURVE.read_text())["rows"]
-    iterations = np.asarray([r["iteration"] for r in rows])
+    window = 50  # a trailing mean: one meta-iteration's 20 tasks are a noisy sample
+
+    def smooth(values):
+        return np.convolve(values, np.ones(window) / window, mode="valid")
 
     def draw(tmp: str) -> None:
-        fig, axis = plt.subplots(figsize=(6.4, 3.6))
-        window = 10  # a trailing mean: one meta-iteration's 20 tasks are a noisy sample
-        for name, label in (("pre_return", "before adaptation (θ)"), ("post_return", "after one step")):
-            values = np.asarray([r[name] for r in rows])
-            smooth = np.convolve(values, np.ones(window) / window, mode="valid")
-            axis.plot(iterations, values, alpha=0.25, linewidth=0.8)
-            axis.plot(iterations[window - 1:], smooth, label=label, color=axis.lines[-1].get_color())
-        axis.set_xlabel("meta-iteration")
-        axis.set_ylabel("mean return per 50-step episode")
-        axis.set_title("MAML-TRPO on halfcheetah-dir (brax spring, CPU)")
-        axis.legend()
+        fig, (returns, gains) = plt.subplots(1, 2, figsize=(10, 3.8))
+        for path, label in CHEETAH_CURVES:
+            rows = json.loads(path.read_text())["rows"]
+            iterations = np.asarray([r["iteration"] for r in rows])[window - 1:]
+            pre = np.asarray([r["pre_return"] for r in rows])
+            post = np.asarray([r["post_return"] for r in rows])
+            line, = returns.plot(iterations, smooth(post), label=f"{label}: after one step")
+            returns.plot(iterations, smooth(pre), color=line.get_color(), linestyle=":", label=f"{label}: before (θ)")
+            gains.plot(iterations, smooth(post - pre), color=line.get_color(), label=label)
+        gains.axhline(0.0, color="grey", linewidth=0.8)
+        returns.set_ylabel("mean return per episode")
+        gains.set_ylabel("after − before")
+        for axis in (returns, gains):
+            axis.set_xlabel("meta-iteration")
+        returns.legend(fontsize=7)
+        gains.legend(fontsize=7)
+        fig.suptitle(f"MAML-TRPO on halfcheetah-dir (brax spring, CPU; trailing means of {window} iterations)")
         fig.tight_layout()
         fig.savefig(tmp, format="png", dpi=120)
         plt.close(fig)
 
     path = DOCS / "halfcheetah_dir.png"
     files.write_atomically(str(path), draw)
-    print(f"wrote {path.relative_to(ROOT)} (from {CHEETAH_CURVE.relative_to(ROOT)})")
+    names = ", ".join(str(p.relative_to(ROOT)) for p, _ in CHEETAH_CURVES)
+    print(f"wrote {path.relative_to(ROOT)} (from {names})")
     return path
 
 

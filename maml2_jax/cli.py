@@ -446,8 +446,9 @@ def _add_evaluate(sub) -> None:
 # ``online`` flags that belong to one kind of environment: {dest: (kind, config path)}.
 _ONLINE_GRID_ONLY = ("initial_tasks", "outer_iterations", "inner_iterations", "maml_iterations", "arrival_episodes",
                      "classify_episodes")
-_ONLINE_DEEP_PATHS = {"max_categories": "train.meta.max_categories", "horizon": "train.horizon"}
-_ONLINE_DEEP_ONLY = ("initial_pool", "iterations_per_arrival", "steps", "horizon")
+_ONLINE_DEEP_PATHS = {"max_categories": "train.meta.max_categories", "horizon": "train.horizon",
+                      "classify_trajectories": "train.classify_trajectories"}
+_ONLINE_DEEP_ONLY = ("initial_pool", "iterations_per_arrival", "steps", "horizon", "classify_trajectories")
 ONLINE_OUTPUTS = ("config.json", "summary.json", "online.png", "checkpoint", "tensorboard")
 
 
@@ -501,6 +502,9 @@ def _add_online(sub) -> None:
                       help="outer iterations of the warm start before each arrival (default 2)")
     deep.add_argument("--steps", type=int, default=None, help="adaptation steps recorded per arrival (default 3)")
     deep.add_argument("--horizon", type=int, default=None, help="steps per episode (default 20)")
+    deep.add_argument("--classify-trajectories", type=int, default=None,
+                      help="trajectories per task of MAML²'s adaptations that classify: the pool's features and "
+                           "each arrival's update tendency (default: the inner loop's)")
     _add_output_flags(p, config_file=True)
 
 

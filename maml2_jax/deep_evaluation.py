@@ -18,7 +18,6 @@ standard deviation.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from typing import Callable
@@ -28,7 +27,6 @@ import numpy as np
 
 from maml2_jax import deep_training
 from maml2_jax.core.readaptation import adaptation_curve
-from maml2_jax.learners.policy_gradient import make_policy_gradient_learner
 from maml2_jax.errors import ConfigError, check_path, check_positive_int, check_seed
 from maml2_jax.evaluation import band
 
@@ -101,12 +99,7 @@ def check_out(out: str, run_dirs: list[str]) -> None:
 def _curve_function(parts, steps: int):
     """``(theta, category_params | None, tasks, key, reset, active=None) -> (returns [T, steps+1], c* [T])``,
     jitted once; ``active`` ``[S]`` bool: the category slots the reset may pick (default all)."""
-    one_step = dataclasses.replace(parts.config.inner, inner_steps=1)
-    learner = make_policy_gradient_learner(parts.family, parts.policy, one_step)
-    tendency = None  # MAML² read with its classifying batch (classify_trajectories), if it has its own
-    if parts.config.classifier_inner != parts.config.inner:
-        tendency = make_policy_gradient_learner(parts.family, parts.policy,
-                                                dataclasses.replace(parts.config.classifier_inner, inner_steps=1))
+    learner, tendency = parts.one_step_learners()
 
     def curves(theta, category_params, tasks, key, reset, active=None):
         def one(task, k):

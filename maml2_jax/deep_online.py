@@ -16,7 +16,9 @@ pool of I tasks of the family; then for each arrival a = 0 … A−1:
    (:func:`~maml2_jax.core.readaptation.adaptation_curve`): one policy-gradient step
    θ → θ₁, :math:`c^* = \arg\min_c ‖θ_1 − θ_c‖ − ‖θ − θ_c‖` over the active slots,
    continue from θ_{c*}; the return R_a(k) of the policy in use after k = 0 … K steps
-   (``steps`` = K) is recorded;
+   (``steps`` = K) is recorded. With ``train.classify_trajectories`` the tendency is
+   read from a separate step with that many trajectories (step 1's features use
+   them too), as in ``maml2 evaluate``;
 4. T_a joins the pool (:func:`~maml2_jax.core.task_sources.growing`'s ``add``).
 
 The MAML baseline (``"maml"``) is the same engine with one category holding the whole
@@ -87,7 +89,6 @@ from maml2_jax.envs import nav2d
 from maml2_jax.errors import ConfigError, check_non_negative_int, check_positive_int, check_seed
 from maml2_jax.io import files
 from maml2_jax.io.checkpoint import Checkpoints
-from maml2_jax.learners.policy_gradient import make_policy_gradient_learner
 from maml2_jax.online import MAML, MAML2_AUTO, method_categories
 
 # Above the engine's step counters, below its own streams (0xB0000000 …).
@@ -116,8 +117,9 @@ class OnlineDeepConfig:
 
     Attributes:
       train: the learner, rule and schedule settings, as for ``maml2 train``: env,
-        horizon, backend, meta_batch_size (MAML's tasks per step), feature, rule,
-        meta_lr, curvature_fraction, policy, inner, trpo, and of ``meta``:
+        horizon, backend, meta_batch_size (MAML's tasks per step), feature,
+        classify_trajectories (MAML² methods: the pool's features and the arrival's
+        update tendency), rule, meta_lr, curvature_fraction, policy, inner, trpo, and of ``meta``:
         max_categories, inner_iterations (K_in), tasks_per_category (B),
         outer_update, category_init, classify_from, stop_tolerance. The online run
         sets the rest itself: algo, seed, seeds, pool_size, devices,
@@ -175,10 +177,10 @@ class OnlineDeepConfig:
         """The training config of one method (what :func:`maml2_jax.deep_training.shared_parts` builds from)."""
         n = method_categories(method)
         total = self.arrivals * self.iterations_per_arrival
-        if n is None:
+        if n is None:  # MAML never classifies: its arrivals adapt with the inner loop's batch only
             meta = dataclasses.replace(self.train.meta, categories=1, outer_iterations=total, classify_every=0)
             return dataclasses.replace(self.train, algo=MAML, seed=0, seeds=1, pool_size=self.capacity, devices=1,
-                                       checkpoint_every=0, meta=meta)
+                                       checkpoint_every=0, classify_trajectories=0, meta=meta)
         meta = dataclasses.replace(self.train.meta, categories=n, outer_iterations=total,
                                    classify_every=self.iterations_per_arrival)
         return dataclasses.replace(self.train, algo="maml2", seed=0, seeds=1, pool_size=self.capacity, devices=1,
@@ -211,9 +213,8 @@ def method_parts(config: OnlineDeepConfig, method: str) -> Method:
     parts = deep_training.shared_parts(train_config)
     source = task_sources.growing(parts.family.sample_tasks, config.capacity, config.initial_pool)
     schedule = train_config.schedule()
-    engine = engine_lib.make_engine(parts.learner, parts.rule, source, schedule)
-    one_step = make_policy_gradient_learner(parts.family, parts.policy,
-                                            dataclasses.replace(train_config.inner, inner_steps=1))
+    engine = engine_lib.make_engine(parts.learner, parts.rule, source, schedule, parts.classifier)
+    one_step, tendency = parts.one_step_learners()
     reset = method != MAML
 
     def init(trial_key):
@@ -229,7 +230,7 @@ def method_parts(config: OnlineDeepConfig, method: str) -> Method:
         if not reset:
             return adaptation_curve(one_step, config.steps, state.theta, task, key)
         return adaptation_curve(one_step, config.steps, state.theta, task, key, state.category_params, True,
-                                engine_lib.active(state))
+                                engine_lib.active(state), tendency)
 
     def admit(state: RunState) -> RunState:
         index = state.source.size

@@ -311,10 +311,28 @@ class Parts:
             self.source = task_sources.fixed_pool(self.family.sample_tasks, config.pool_size)
         else:
             self.source = task_sources.fresh(self.family.sample_tasks)
-        classifier = None
+        # The learner of the adaptations that classify, when its batch is not the inner loop's.
+        self.classifier = None
         if config.classifier_inner != config.inner:
-            classifier = make_policy_gradient_learner(self.family, self.policy, config.classifier_inner, config.feature)
-        self.engine = engine_lib.make_engine(self.learner, self.rule, self.source, config.schedule(), classifier)
+            self.classifier = make_policy_gradient_learner(self.family, self.policy, config.classifier_inner,
+                                                           config.feature)
+        self.engine = engine_lib.make_engine(self.learner, self.rule, self.source, config.schedule(), self.classifier)
+
+    def one_step_learners(self):
+        """``(learner, tendency)``: one-step learners for test-time adaptation.
+
+        ``learner`` is one step of the run's inner loop (a round of
+        :func:`~maml2_jax.core.readaptation.adaptation_curve`); ``tendency`` is one step
+        with the classifying batch (``classify_trajectories``), which reads the update
+        tendency, or None when that batch is the inner loop's own.
+        """
+        learner = make_policy_gradient_learner(self.family, self.policy,
+                                               dataclasses.replace(self.config.inner, inner_steps=1))
+        tendency = None
+        if self.classifier is not None:
+            tendency = make_policy_gradient_learner(self.family, self.policy,
+                                                    dataclasses.replace(self.config.classifier_inner, inner_steps=1))
+        return learner, tendency
 
     def init(self, seed: int) -> RunState:
         """The run state of ``seed``: θ from ``key(seed)``, the run key ``key(seed + 1000003)``."""

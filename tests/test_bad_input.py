@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 from flax import serialization
 
-from maml2_jax import cli, deep_evaluation, deep_training, gridworld_experiment
+from maml2_jax import cli, deep_evaluation, deep_online, deep_training, gridworld_experiment
+from maml2_jax import online as grid_online
 from maml2_jax.core import train as engine_lib
 from maml2_jax.learners.policy_gradient import PolicyGradientConfig
 from maml2_jax.networks import PolicyConfig, make_gaussian_policy
@@ -150,6 +151,10 @@ def evaluate(*args, field, damage=None, runs="{run}", name=None, quiet=True, mar
     return pytest.param(["evaluate", runs, "--out", "{out}", *(["--quiet"] if quiet else []), *args], field, damage,
                         id="evaluate " + (name or " ".join(args)) + ("" if quiet else " (progress shown)"),
                         marks=marks)
+
+
+def online(*args, field):
+    return pytest.param(["online", "--out", "{out}", *args], field, None, id="online " + " ".join(args))
 
 
 CASES = [
@@ -454,6 +459,10 @@ CASES = [
     train("--resume", "{run}", "--inner-lr", "0.5", out=False, field="--inner-lr", name="--resume with a setting"),
     train("--out", "{run}", out=False, field="--overwrite", name="--out holding an earlier run"),
     evaluate("--out", "{tmp}/runs", runs="{run}", field="--out", name="--out holding the runs"),
+    # online: a deep family's classifying batch
+    online("--classify-trajectories", "16", field="--classify-trajectories"),  # the grid world has none
+    online("--env", "nav2d-isolated", "--classify-trajectories", "-1", field="classify trajectories"),
+    online("--env", "nav2d-isolated", "--classify-trajectories", "x", field="--classify-trajectories"),
 ]
 
 
@@ -478,7 +487,8 @@ def _tripwire(*_, **__):
 def test_bad_input_is_one_line_naming_it_and_writes_nothing(argv, field, damage, trained_run, tmp_path, capsys,
                                                             monkeypatch):
     for module, name in ((gridworld_experiment, "run"), (deep_training.Parts, "init_seeds"), (engine_lib, "run"),
-                         (engine_lib, "compile_steps"), (deep_evaluation, "_curve_function")):
+                         (engine_lib, "compile_steps"), (deep_evaluation, "_curve_function"), (deep_online, "run"),
+                         (deep_online, "method_parts"), (grid_online, "run")):
         monkeypatch.setattr(module, name, _tripwire, raising=False)
     run = tmp_path / "runs" / "a"
     if any("{run}" in a or "{tmp}/runs" in a for a in argv):
@@ -515,5 +525,5 @@ def test_the_undamaged_run_loads(trained_run):
 def test_the_table_is_large():
     assert len(CASES) >= 100
     commands = {case.values[0][0] for case in CASES}
-    assert commands == {"gridworld", "train", "evaluate"}
+    assert commands == {"gridworld", "train", "evaluate", "online"}
 

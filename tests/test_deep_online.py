@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 
 from maml2_jax import deep_online, deep_training
+from maml2_jax.core.readaptation import adaptation_curve
+from maml2_jax.core.types import take
 from maml2_jax.errors import ConfigError
 from maml2_jax.io.checkpoint import Checkpoints
 from maml2_jax.learners.policy_gradient import PolicyGradientConfig
@@ -146,3 +148,40 @@ def test_resume_equals_uninterrupted(batch, tmp_path):
     assert "vs_maml" in auto and "vs_maml" not in summary["methods"]["maml"]
     deep_online.plot(summary, str(tmp_path / "online.png"))
     assert os.path.getsize(tmp_path / "online.png") > 0
+
+
+def test_classify_trajectories_reach_the_maml2_methods_only():
+    wide = dataclasses.replace(CONFIG, train=dataclasses.replace(TRAIN, classify_trajectories=16))
+    # Accepted with MAML among the methods: MAML never classifies, so its arrivals keep the inner batch.
+    assert wide.method_train("maml").classify_trajectories == 0
+    assert wide.method_train("maml2-auto").classify_trajectories == 16
+    method = deep_online.method_parts(wide, "maml2-auto")
+    states = deep_online.init_states(wide, [0])["maml2-auto"]
+    state = jax.tree.map(lambda x: x[0], states)
+    # The pool's features are those of a run whose inner loop samples 16 trajectories.
+    by_16 = dataclasses.replace(CONFIG, train=dataclasses.replace(TRAIN, inner=PolicyGradientConfig(num_trajectories=16)))
+    expected = deep_online.method_parts(by_16, "maml2-auto").engine.features(state)
+    np.testing.assert_array_equal(method.engine.features(state), expected)
+    # The arrival's tendency is read from a 16-trajectory step; its returns and θ₁ stay the
+    # 4-trajectory ones. Slot 0 lies along the 4-trajectory update, slot 1 along the
+    # 16-trajectory one (ten updates away, so each reading picks its own slot by a margin
+    # set by the angle between two noisy gradients, not by rounding).
+    learner, tendency = deep_training.shared_parts(wide.method_train("maml2-auto")).one_step_learners()
+    key = jax.random.fold_in(jax.random.wrap_key_data(state.key),
+                             np.uint32(deep_online.ARRIVAL_COUNTER) + np.uint32(int(state.source.size)))
+    task = take(state.source.pool, int(state.source.size))
+    theta_4, _ = learner.adapt(state.theta, task, jax.random.fold_in(key, 0))
+    theta_16, _ = tendency.adapt(state.theta, task, jax.random.fold_in(key, CONFIG.steps + 1))
+    slots = [jax.tree.map(lambda t, a: t + 10 * (a - t), state.theta, adapted) for adapted in (theta_4, theta_16)]
+    slots += [state.theta] * (state.members.shape[0] - 2)
+    members = np.zeros(states.members.shape, bool)
+    members[:, :2] = True
+    states = states.replace(category_params=jax.tree.map(lambda *x: np.stack(x)[None], *slots), members=members)
+    returns, picked = method.curves(states)
+    assert int(picked[0]) == 1
+    one = jax.tree.map(lambda x: x[0], states)
+    without = adaptation_curve(learner, CONFIG.steps, one.theta, task, key, one.category_params, True, one.members.any(-1))
+    assert int(without[1]) == 0  # the inner batch alone would have picked the other slot
+    # Round 0's return, jitted and vmapped here, eager there: ten float32 steps of the same
+    # rollout, equal to well within 1e-5; a 16-trajectory batch would differ by O(1).
+    np.testing.assert_allclose(np.asarray(returns[0])[0], np.asarray(without[0])[0], rtol=1e-5)
