@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from maml2_jax import deep_online, deep_training
+from maml2_jax.core import train as engine_lib
 from maml2_jax.core.readaptation import adaptation_curve
 from maml2_jax.core.types import take
 from maml2_jax.errors import ConfigError
@@ -180,7 +181,8 @@ def test_classify_trajectories_reach_the_maml2_methods_only():
     returns, picked = method.curves(states)
     assert int(picked[0]) == 1
     one = jax.tree.map(lambda x: x[0], states)
-    without = adaptation_curve(learner, CONFIG.steps, one.theta, task, key, one.category_params, True, one.members.any(-1))
+    without = adaptation_curve(learner, CONFIG.steps, one.theta, task, key, one.category_params, True,
+                               engine_lib.active(one))
     assert int(without[1]) == 0  # the inner batch alone would have picked the other slot
     # Round 0's return, jitted and vmapped here, eager there: ten float32 steps of the same
     # rollout, equal to well within 1e-5; a 16-trajectory batch would differ by O(1).
