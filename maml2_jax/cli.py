@@ -353,6 +353,9 @@ def _add_train(sub) -> None:
                    help="share of tasks for TRPO's curvature products (default %(default)s: all)")
     p.add_argument("--devices", type=int, default=d.devices,
                    help="devices to split the tasks over (default %(default)s: all; on a CPU one per core)")
+    p.add_argument("--init-params", metavar="RUN", default=d.init_params,
+                   help="start θ from a finished run of one seed (its directory or params.msgpack; same policy "
+                        "shapes) instead of a fresh θ; every seed starts from it (default: fresh)")
     g = p.add_argument_group("schedule (MAML²: --algo maml2; MAML uses --outer-iterations only)")
     add_meta_flags(g, d.meta, skip=("stop_tolerance", "classify_from"))
     g.add_argument("--pool-size", type=int, default=d.pool_size,
@@ -395,6 +398,8 @@ def run_train(args, explicit, status) -> None:
     deep_training.mesh_for(config)  # refuse a meta-batch that does not split before writing anything
     writer = jax.process_index() == 0  # in a multi-process run only process 0 writes
     if not args.resume:
+        with _silenced():
+            deep_training.initial_params(config)  # a bad --init-params is refused before anything is written
         from maml2_jax import sharding
         from maml2_jax.io import files
 

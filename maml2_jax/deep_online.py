@@ -163,6 +163,9 @@ class OnlineDeepConfig:
             if isinstance(n, int) and n > self.initial_pool:
                 raise ConfigError(f"{method}: cannot make {n} categories of an initial pool of "
                                   f"{self.initial_pool} tasks")
+        if self.train.init_params:
+            raise ConfigError("init params apply to maml2 train only: every online method starts from a fresh θ "
+                              "per trial")
         if MAML2_AUTO in self.methods and self.train.meta.max_categories < 2:
             raise ConfigError(f"{MAML2_AUTO} needs max categories >= 2, got {self.train.meta.max_categories}")
         for method in self.methods:

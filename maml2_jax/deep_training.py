@@ -92,6 +92,10 @@ class TrainConfig:
       curvature_fraction: share of the tasks used for TRPO's curvature products.
       devices: devices to split the task axis over (0: all local devices).
       checkpoint_every: outer iterations between checkpoints (0: only at the end).
+      init_params: a trained θ to start from instead of a fresh one: a finished run
+        of one seed (its directory, or the ``params.msgpack`` in it) whose policy has
+        this run's shapes ("": θ from the seed). Every seed starts from it and
+        differs in its tasks and rollouts only; MAML²'s θ_c start from it as from any θ.
       policy, inner, trpo: the policy, inner loop and TRPO settings.
       meta: the schedule (N, K_out, K_in, B, outer update, classification period).
     """
@@ -111,6 +115,7 @@ class TrainConfig:
     curvature_fraction: float = 1.0
     devices: int = 0
     checkpoint_every: int = 10
+    init_params: str = ""
     policy: PolicyConfig = PolicyConfig()
     inner: PolicyGradientConfig = PolicyGradientConfig()
     trpo: TRPOConfig = TRPOConfig()
@@ -147,6 +152,8 @@ class TrainConfig:
                            check_float("curvature fraction", self.curvature_fraction, 0, 1, low_open=True))
         check_non_negative_int("devices", self.devices)
         check_non_negative_int("checkpoint every", self.checkpoint_every)
+        if not isinstance(self.init_params, str):
+            raise ConfigError(f"init params must be a path (a string), got {self.init_params!r}")
         for name, kind in (("policy", PolicyConfig), ("inner", PolicyGradientConfig), ("trpo", TRPOConfig),
                            ("meta", MetaConfig)):
             if not isinstance(getattr(self, name), kind):
@@ -334,17 +341,43 @@ class Parts:
                                                     dataclasses.replace(self.config.classifier_inner, inner_steps=1))
         return learner, tendency
 
-    def init(self, seed: int) -> RunState:
-        """The run state of ``seed``: θ from ``key(seed)``, the run key ``key(seed + 1000003)``."""
-        theta = self.policy.init(jax.random.key(seed))
+    def init(self, seed: int, theta=None) -> RunState:
+        """The run state of ``seed``: θ from ``key(seed)`` (or ``theta``), the run key ``key(seed + 1000003)``."""
+        if theta is None:
+            theta = self.policy.init(jax.random.key(seed))
         return self.engine.init(jax.random.key(seed + 1_000_003), theta)
 
-    def init_seeds(self) -> RunState:
-        """``[S, ...]`` states of seeds ``seed .. seed + S − 1`` (unbatched when S = 1)."""
-        states = [self.init(self.config.seed + s) for s in range(self.config.seeds)]
+    def init_seeds(self, theta=None) -> RunState:
+        """``[S, ...]`` states of seeds ``seed .. seed + S − 1`` (unbatched when S = 1), all from ``theta`` if given."""
+        states = [self.init(self.config.seed + s, theta) for s in range(self.config.seeds)]
         if self.config.seeds == 1:
             return states[0]
         return jax.tree.map(lambda *xs: jnp.stack(xs), *states)
+
+
+def initial_params(config: TrainConfig, parts: Parts | None = None):
+    """θ of ``config.init_params`` (None when unset), read and checked against the run's policy.
+
+    ConfigError when the path holds no finished run of one seed, or parameters of
+    other shapes (another policy or family), damaged or non-finite ones.
+    """
+    if not config.init_params:
+        return None
+    path = config.init_params
+    if os.path.isdir(path):
+        if not os.path.isfile(os.path.join(path, "params.msgpack")):
+            seeds = sorted(name for name in os.listdir(path) if name.startswith("seed_"))
+            hint = f" (a run of several seeds: name one of {', '.join(seeds)})" if seeds else \
+                " (a finished training run of one seed)"
+            raise ConfigError(f"init params: {path} holds no params.msgpack{hint}")
+        path = os.path.join(path, "params.msgpack")
+    elif not os.path.isfile(path):
+        raise ConfigError(f"init params: {path} does not exist (a run directory or its params.msgpack)")
+    policy = (parts or shared_parts(config)).policy
+    try:
+        return _read_msgpack(path, policy.init(jax.random.key(0)))
+    except ConfigError as error:
+        raise ConfigError(f"init params: {error}") from None
 
 
 @functools.lru_cache(maxsize=4)
@@ -355,11 +388,12 @@ def _parts_without_seed(config: TrainConfig, mesh) -> Parts:
 def shared_parts(config: TrainConfig, mesh=None) -> Parts:
     """:class:`Parts` of ``config``, built once per setting that shapes the compiled step.
 
-    The seed and the checkpoint period do not, so runs differing only in those share
-    one engine, and the second run in a process (a notebook, a test, ``evaluate``)
-    reuses the first one's compiled step instead of compiling it again.
+    The seed, the checkpoint period and the initial θ do not, so runs differing only
+    in those share one engine, and the second run in a process (a notebook, a test,
+    ``evaluate``) reuses the first one's compiled step instead of compiling it again.
     """
-    parts = copy.copy(_parts_without_seed(dataclasses.replace(config, seed=0, checkpoint_every=0), mesh))
+    unshaped = dataclasses.replace(config, seed=0, checkpoint_every=0, init_params="")
+    parts = copy.copy(_parts_without_seed(unshaped, mesh))
     parts.config = config  # init_seeds reads the run's own seeds
     return parts
 
@@ -458,7 +492,10 @@ def train(config: TrainConfig, out: str | None = None, progress: Callable[[dict]
         raise ConfigError(f"nothing to resume in {out}: no complete checkpoint and no started run")
     checkpoints = Checkpoints(os.path.join(out, CHECKPOINT_DIR)) if out is not None else None
     try:
-        if resume and checkpoints.latest() is not None:
+        restoring = resume and checkpoints.latest() is not None
+        if config.init_params and not restoring:
+            state = parts.init_seeds(initial_params(config, parts))  # read before anything is written
+        if restoring:
             state, record = checkpoints.restore(state)
             done = int(record.get("iteration", -1))
             if done != int(np.asarray(state.iteration).reshape(-1)[0]):

@@ -459,6 +459,10 @@ CASES = [
     train("--resume", "{run}", "--inner-lr", "0.5", out=False, field="--inner-lr", name="--resume with a setting"),
     train("--out", "{run}", out=False, field="--overwrite", name="--out holding an earlier run"),
     evaluate("--out", "{tmp}/runs", runs="{run}", field="--out", name="--out holding the runs"),
+    train("--init-params", "{tmp}/missing", field="init params", name="--init-params missing"),
+    train("--init-params", "{file}", field="init params", name="--init-params not parameters"),
+    train("--init-params", "{tmp}/runs", field="init params", name="--init-params a directory of runs"),
+    train("--init-params", "{run}", field="init params", name="--init-params of another policy"),
     # online: a deep family's classifying batch
     online("--classify-trajectories", "16", field="--classify-trajectories"),  # the grid world has none
     online("--env", "nav2d-isolated", "--classify-trajectories", "-1", field="classify trajectories"),

@@ -59,6 +59,8 @@ def test_bad_config_refused():
     one_slot = dataclasses.replace(TRAIN.meta, categories=1, max_categories=1)
     with pytest.raises(ConfigError):
         dataclasses.replace(CONFIG, train=dataclasses.replace(TRAIN, meta=one_slot))
+    with pytest.raises(ConfigError, match="init params apply to maml2 train only"):
+        dataclasses.replace(CONFIG, train=dataclasses.replace(TRAIN, init_params="runs/a"))
     assert deep_online.method_categories("maml2-N3") == 3 and deep_online.method_categories("maml2-auto") == "auto"
 
 

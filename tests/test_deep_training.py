@@ -127,3 +127,32 @@ def test_maml_with_adam_through_the_cli_config():
                                                                    jax.tree.leaves(start.theta))]))
     assert moved.max() <= 0.01 * (1 + 1e-4)
     assert np.median(moved) > 0.005
+
+
+def test_init_params_start_every_seed_and_category_from_a_trained_theta(tmp_path):
+    small = {"horizon": 5, "rule": "sgd", "devices": 1, "checkpoint_every": 0,
+             "policy": PolicyConfig(hidden_sizes=(8,)), "inner": PolicyGradientConfig(num_trajectories=2)}
+    donor = deep_training.TrainConfig(env="nav2d", meta_batch_size=2, seed=3, **small,
+                                      meta=dataclasses.replace(deep_training.DEEP_SCHEDULE, outer_iterations=1))
+    donor_state, _ = deep_training.train(donor, out=str(tmp_path / "donor"))
+    fresh = deep_training.Parts(donor).init(1).theta
+    warm = deep_training.TrainConfig(
+        env="nav2d-isolated", algo="maml2", seed=1, seeds=2, pool_size=4, init_params=str(tmp_path / "donor"), **small,
+        meta=dataclasses.replace(deep_training.DEEP_SCHEDULE, outer_iterations=1, categories=2, tasks_per_category=2))
+    start, _ = deep_training.train(warm, out=str(tmp_path / "warm"), stop_after=0)
+    # Both seeds and both categories hold the donor's θ exactly; a fresh θ of seed 1 differs.
+    for got, want, other in zip(jax.tree.leaves(start.theta), jax.tree.leaves(donor_state.theta),
+                                jax.tree.leaves(fresh)):
+        np.testing.assert_array_equal(got, np.broadcast_to(want, got.shape))
+        assert not np.array_equal(want, other)
+    for got, want in zip(jax.tree.leaves(start.category_params), jax.tree.leaves(donor_state.theta)):
+        np.testing.assert_array_equal(got, np.broadcast_to(want, got.shape))
+    # The params.msgpack itself is accepted too, and the setting is saved with each seed.
+    same = dataclasses.replace(warm, init_params=str(tmp_path / "donor" / "params.msgpack"))
+    again, _ = deep_training.train(same, stop_after=0)
+    for a, b in zip(jax.tree.leaves(again.theta), jax.tree.leaves(start.theta)):
+        np.testing.assert_array_equal(a, b)
+    saved = json.loads((tmp_path / "warm" / "seed_2" / "config.json").read_text())
+    assert saved["init_params"] == str(tmp_path / "donor")
+    with pytest.raises(ConfigError, match="init params must be a path"):
+        dataclasses.replace(warm, init_params=3)
