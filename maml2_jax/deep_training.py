@@ -483,7 +483,6 @@ def train(config: TrainConfig, out: str | None = None, progress: Callable[[dict]
     """
     mesh = mesh_for(config)
     parts = shared_parts(config, mesh)
-    state = parts.init_seeds()
     dirs = seed_dirs(out, config) if out is not None else []
     histories = [[] for _ in range(config.seeds)]
     if resume and out is None:
@@ -493,8 +492,9 @@ def train(config: TrainConfig, out: str | None = None, progress: Callable[[dict]
     checkpoints = Checkpoints(os.path.join(out, CHECKPOINT_DIR)) if out is not None else None
     try:
         restoring = resume and checkpoints.latest() is not None
-        if config.init_params and not restoring:
-            state = parts.init_seeds(initial_params(config, parts))  # read before anything is written
+        # A restore reads only the fresh state's structure; a new run starts from
+        # ``init_params`` when set, read before anything is written.
+        state = parts.init_seeds(None if restoring else initial_params(config, parts))
         if restoring:
             state, record = checkpoints.restore(state)
             done = int(record.get("iteration", -1))
