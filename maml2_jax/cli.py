@@ -438,6 +438,8 @@ def run_train(args, explicit, status) -> None:
 
 
 def _add_evaluate(sub) -> None:
+    from maml2_jax.core.readaptation import RESET_RULES
+
     p = sub.add_parser("evaluate", help="adapt trained runs, MAML² without reset and learning from scratch "
                                         "on fresh tasks; per category")
     p.add_argument("runs", help="a training run directory, or a directory of runs (each one seed)")
@@ -445,6 +447,9 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--tasks", type=int, default=40, help="test tasks (default %(default)s)")
     p.add_argument("--steps", type=int, default=3, help="adaptation steps (default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of the test tasks and rollouts (default %(default)s)")
+    p.add_argument("--reset-rule", default="category", choices=RESET_RULES,
+                   help="MAML²'s reset after the first step: category, to θ_c* (the paper's), or carry, to "
+                        "θ_c* + (θ₁ − θ), the first update carried over (default %(default)s)")
     _add_output_flags(p, config_file=False)
 
 
@@ -541,6 +546,7 @@ def run_online(args, explicit, status) -> None:
         default = deep_online.OnlineDeepConfig()
         default = dataclasses.replace(default, train=dataclasses.replace(default.train, env=args.env))
         config = _config(default, args, settings, _ONLINE_DEEP_PATHS)
+        deep_online.check_memory(config)  # a size that cannot fit is refused before --out is claimed
     if not args.resume:
         files.claim_directory(args.out, ONLINE_OUTPUTS, args.overwrite)
     resume = " ".join(["maml2", "online", *_argv_without(status["argv"], "--overwrite"),
@@ -671,14 +677,15 @@ def run_evaluate(args, explicit, status) -> None:
     runs = deep_evaluation.find_runs(args.runs, args.out)
     files.claim_directory(args.out, EVALUATE_OUTPUTS, args.overwrite)
     with _silenced():  # brax families print chatter while the runs load; a damaged run is refused here
-        loaded = deep_evaluation.load_runs(runs, args.tasks, args.steps, args.seed)
+        loaded = deep_evaluation.load_runs(runs, args.tasks, args.steps, args.seed, args.reset_rule)
     with tqdm(total=len(runs), desc="evaluating runs", unit="run", disable=args.quiet, file=sys.stderr) as bar:
         summary = deep_evaluation.evaluate(runs, args.tasks, args.steps, args.seed, progress=lambda _: bar.update(),
-                                           loaded=loaded)
+                                           loaded=loaded, reset_rule=args.reset_rule)
     print(deep_evaluation.table(summary))
     os.makedirs(args.out, exist_ok=True)
     files.write_json(os.path.join(args.out, "config.json"),
-                     {"runs": runs, "tasks": args.tasks, "steps": args.steps, "seed": args.seed})
+                     {"runs": runs, "tasks": args.tasks, "steps": args.steps, "seed": args.seed,
+                      "reset_rule": args.reset_rule})
     files.write_atomically(os.path.join(args.out, "adaptation.png"), lambda tmp: plotting.return_figure(summary, tmp))
     files.write_json(os.path.join(args.out, "summary.json"), summary)
     print(f"wrote {args.out}/summary.json and adaptation.png")

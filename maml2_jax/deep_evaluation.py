@@ -7,7 +7,8 @@ every method on the same fresh test tasks:
 * ``maml2``: θ of each MAML² run, one step, reset to θ_{c*} by update tendency, then
   K − 1 more (:func:`maml2_jax.core.readaptation.adaptation_curve`); a run trained
   with ``classify_trajectories`` reads the tendency from a separate step with that
-  many trajectories;
+  many trajectories; ``reset_rule="carry"`` resets to θ_{c*} + (θ₁ − θ) instead
+  (:func:`maml2_jax.core.readaptation.reset`);
 * ``maml2_no_reset``: the same θ without the reset (the ablation);
 * ``lfs``: learning from scratch, a freshly initialised policy per run seed.
 
@@ -26,8 +27,14 @@ import jax
 import numpy as np
 
 from maml2_jax import deep_training
-from maml2_jax.core.readaptation import adaptation_curve
-from maml2_jax.errors import ConfigError, check_path, check_positive_int, check_seed
+from maml2_jax.core.readaptation import RESET_RULES, adaptation_curve
+from maml2_jax.errors import (
+    ConfigError,
+    check_choice,
+    check_path,
+    check_positive_int,
+    check_seed,
+)
 from maml2_jax.evaluation import band
 
 METHODS = ("maml2", "maml2_no_reset", "maml", "lfs")
@@ -96,14 +103,15 @@ def check_out(out: str, run_dirs: list[str]) -> None:
             raise ConfigError(f"--out: {out} is inside the run directory {run}; write the evaluation elsewhere")
 
 
-def _curve_function(parts, steps: int):
+def _curve_function(parts, steps: int, reset_rule: str = "category"):
     """``(theta, category_params | None, tasks, key, reset, active=None) -> (returns [T, steps+1], c* [T])``,
     jitted once; ``active`` ``[S]`` bool: the category slots the reset may pick (default all)."""
     learner, tendency = parts.one_step_learners()
 
     def curves(theta, category_params, tasks, key, reset, active=None):
         def one(task, k):
-            return adaptation_curve(learner, steps, theta, task, k, category_params, reset, active, tendency)
+            return adaptation_curve(learner, steps, theta, task, k, category_params, reset, active, tendency,
+                                    reset_rule)
 
         return jax.vmap(one)(tasks, jax.random.split(key, tasks.shape[0]))
 
@@ -121,10 +129,11 @@ def _category_meaning(path: str, slots: int) -> tuple[list[int], np.ndarray]:
     return [int(np.bincount(truth[labels == c]).argmax()) if on else -1 for c, on in enumerate(active)], active
 
 
-def load_runs(run_dirs: list[str], num_tasks: int = 40, steps: int = 3, seed: int = 0) -> list[tuple]:
+def load_runs(run_dirs: list[str], num_tasks: int = 40, steps: int = 3, seed: int = 0,
+              reset_rule: str = "category") -> list[tuple]:
     """Checks an evaluation's settings and loads its runs, before anything is compiled.
 
-    ConfigError for a bad count or seed, a damaged run (:func:`maml2_jax.deep_training.load_run`
+    ConfigError for a bad count, seed or reset rule, a damaged run (:func:`maml2_jax.deep_training.load_run`
     names the file), runs that cannot be compared (other task family, horizon or
     backend) or an evaluation that cannot fit in memory. Returns, per run,
     ``(config, parts, theta, category_params | None)``.
@@ -132,6 +141,7 @@ def load_runs(run_dirs: list[str], num_tasks: int = 40, steps: int = 3, seed: in
     check_positive_int("number of test tasks", num_tasks)
     check_positive_int("adaptation steps", steps)
     check_seed("seed", seed, count=2)  # the tasks' key is key(seed), the rollouts' key(seed + 1)
+    check_choice("reset rule", reset_rule, RESET_RULES)
     if not run_dirs:
         raise ConfigError("no runs to evaluate")
     loaded = [deep_training.load_run(path) for path in run_dirs]
@@ -152,10 +162,14 @@ def load_runs(run_dirs: list[str], num_tasks: int = 40, steps: int = 3, seed: in
 
 
 def evaluate(run_dirs: list[str], num_tasks: int = 40, steps: int = 3, seed: int = 0,
-             progress: Callable[[str], None] | None = None, loaded: list[tuple] | None = None) -> dict:
+             progress: Callable[[str], None] | None = None, loaded: list[tuple] | None = None,
+             reset_rule: str = "category") -> dict:
     """Adapts every method of every run on ``num_tasks`` test tasks for ``steps`` steps.
 
-    Returns the JSON-ready summary: ``env``; ``steps``; ``categories`` {category:
+    ``reset_rule``: MAML²'s reset, "category" (the paper's) or "carry" (see
+    :mod:`maml2_jax.core.readaptation`); the other methods do not reset.
+
+    Returns the JSON-ready summary: ``env``; ``steps``; ``reset_rule``; ``categories`` {category:
     number of test tasks}; ``runs`` {method: [run dirs]}; ``mean_return``,
     ``ci95`` and ``seed_std`` {method: {category: [steps + 1]}} (entry k: the return
     of the policy in use after k adaptation steps); ``per_seed`` {method: {category:
@@ -169,7 +183,7 @@ def evaluate(run_dirs: list[str], num_tasks: int = 40, steps: int = 3, seed: int
     here when None.
     """
     if loaded is None:
-        loaded = load_runs(run_dirs, num_tasks, steps, seed)
+        loaded = load_runs(run_dirs, num_tasks, steps, seed, reset_rule)
     envs = {config.env for config, *_ in loaded}
     parts = loaded[0][1]
     tasks, truth = parts.family.sample_tasks(jax.random.key(seed), num_tasks)
@@ -183,7 +197,7 @@ def evaluate(run_dirs: list[str], num_tasks: int = 40, steps: int = 3, seed: int
     for path, (config, run_parts, theta, category_params) in zip(run_dirs, loaded):
         setting = (config.policy, config.inner, config.classifier_inner)
         if setting not in compiled:
-            compiled[setting] = _curve_function(run_parts, steps)
+            compiled[setting] = _curve_function(run_parts, steps, reset_rule)
         curves = compiled[setting]
         if config.algo == "maml2":
             # An automatic N may leave slots idle: the reset never picks one.
@@ -208,7 +222,7 @@ def evaluate(run_dirs: list[str], num_tasks: int = 40, steps: int = 3, seed: int
         if progress is not None:
             progress(path)
     categories = sorted({int(c) for c in truth})
-    summary = {"env": envs.pop(), "steps": steps, "seed": seed,
+    summary = {"env": envs.pop(), "steps": steps, "seed": seed, "reset_rule": reset_rule,
                "categories": {str(c): int(np.sum(truth == c)) for c in categories},
                "runs": {m: r for m, r in runs.items() if r},
                "mean_return": {}, "ci95": {}, "seed_std": {}, "per_seed": {}, "chosen": chosen}
@@ -234,6 +248,8 @@ def table(summary: dict) -> str:
     """Plain text: mean return per method and category, after each adaptation step."""
     lines = [f"mean return per episode on {summary['env']} (higher is better), after 0..{summary['steps']} "
              "adaptation steps; ± seed-to-seed std"]
+    if summary.get("reset_rule", "category") != "category":
+        lines.append(f"MAML² resets by the {summary['reset_rule']!r} rule")
     for c, count in summary["categories"].items():
         lines.append(f"category {c} ({count} test tasks)")
         for method, by_category in summary["mean_return"].items():

@@ -190,6 +190,20 @@ class OnlineDeepConfig:
                                    checkpoint_every=0, meta=meta)
 
 
+def check_memory(config: OnlineDeepConfig) -> None:
+    """ConfigError when a method's compiled stage clearly cannot fit on the default device
+    (:func:`maml2_jax.deep_training.check_memory`): its outer iteration and the arrival's
+    K adaptation steps, each for all T trials at once. Call it before compiling."""
+    device = jax.devices()[:1]  # the trials run unsharded, on the default device
+    # The trials stand where a training run's seeds do; the pool is the initial tasks and the arrivals.
+    flags = {"--seeds": "--trials", "--pool-size": "--initial-pool + --arrivals", "--tasks": "arrival"}
+    for method in config.methods:
+        train = config.method_train(method)
+        deep_training.check_memory(train, device, f"{method}'s warm start", flags, seeds=config.trials)
+        deep_training.check_memory(train, device, f"{method}'s adaptation of the arrival", flags,
+                                   tasks=("--tasks", 1), steps=("--steps", config.steps), seeds=config.trials)
+
+
 class Method(NamedTuple):
     """One method's compiled parts.
 
@@ -372,6 +386,7 @@ def run(config: OnlineDeepConfig, out: str | None = None, progress: Callable[[di
         raise ConfigError("resume needs an output directory")
     stop = config.arrivals if stop_after is None else min(check_non_negative_int("stop after", stop_after),
                                                           config.arrivals)
+    check_memory(config)
     trial_ids = range(config.trials)
     states, records, start = init_states(config, trial_ids), empty_records(config), 0
     checkpoints = None

@@ -260,20 +260,28 @@ def memory_estimate(config: TrainConfig, tasks: tuple[str, int] | None = None,
     return 4 * floats_per_step * math.prod(factors.values()), factors
 
 
-def check_memory(config: TrainConfig, devices=None, what: str = "the run", **sizes) -> None:
+def check_memory(config: TrainConfig, devices=None, what: str = "the run", flags: dict[str, str] | None = None,
+                 **sizes) -> None:
     """ConfigError when :func:`memory_estimate` (``sizes`` are its keyword arguments) is
     more than :func:`~maml2_jax.sharding.device_memory` of ``devices`` (default: the run's devices). Call it
-    before compiling (and after ``jax.distributed.initialize``): it asks JAX for devices."""
+    before compiling (and after ``jax.distributed.initialize``): it asks JAX for devices.
+    ``flags``: what the message calls a factor, where the caller's command names it otherwise."""
     if devices is None:
         devices = jax.devices()
         devices = devices[:config.devices] if config.devices else devices
     needed, factors = memory_estimate(config, **sizes)
+    factors = {(flags or {}).get(name, name): value for name, value in factors.items()}
     available, where = sharding.device_memory(devices)
     if needed > available:
         largest = max(factors, key=factors.get)
-        product = " x ".join(f"{value} ({name.lstrip('-').replace('-', ' ')})" for name, value in factors.items())
+        product = " x ".join(f"{value} ({_words(name)})" for name, value in factors.items())
         raise ConfigError(f"{what} needs at least {_gib(needed)} of memory, more than the {_gib(available)} of "
                           f"{where} ({product}); lower {largest} ({factors[largest]})")
+
+
+def _words(flags: str) -> str:
+    """``"--meta-batch-size"`` -> ``"meta batch size"``; ``"--initial-pool + --arrivals"`` -> ``"initial pool + arrivals"``."""
+    return " ".join(word.lstrip("-").replace("-", " ") for word in flags.split())
 
 
 def _gib(size: int) -> str:

@@ -201,7 +201,9 @@ def return_figure(summary: dict, path: str) -> None:
       path: output image path (PNG).
     """
     isolated = isolated_categories(summary)
-    titles = {c: f"category {c} ({'isolated, ' if c in isolated else ''}{n} tasks)"
+    rule = summary.get("reset_rule", "category")
+    rule = "" if rule == "category" else f"; MAML² reset: {rule}"  # the paper's rule goes unsaid
+    titles = {c: f"category {c} ({'isolated, ' if c in isolated else ''}{n} tasks){rule}"
               for c, n in summary["categories"].items()}
     meta_learned = tuple(m for m in summary["mean_return"] if m != "lfs")
     _panels(titles, summary["mean_return"], summary["ci95"], path, "adaptation steps",

@@ -467,6 +467,13 @@ CASES = [
     online("--classify-trajectories", "16", field="--classify-trajectories"),  # the grid world has none
     online("--env", "nav2d-isolated", "--classify-trajectories", "-1", field="classify trajectories"),
     online("--env", "nav2d-isolated", "--classify-trajectories", "x", field="--classify-trajectories"),
+    # online, deep: sizes that cannot fit in memory, refused before compiling
+    online("--env", "nav2d-isolated", "--horizon", "1000000000", field="--horizon"),
+    online("--env", "nav2d-isolated", "--trials", "1000000000", field="--trials"),
+    online("--env", "nav2d-isolated", "--classify-trajectories", "1000000000", field="--classify-trajectories"),
+    online("--env", "nav2d-isolated", "--steps", "1000000000", field="--steps"),
+    # evaluate: the reset rule
+    evaluate("--reset-rule", "towards", field="--reset-rule"),
 ]
 
 

@@ -64,6 +64,28 @@ def test_summary_reports_every_method_per_category(runs, tmp_path, capsys):
     assert "category 2 (1 test tasks)" in capsys.readouterr().out
 
 
+def test_the_carry_rule_changes_maml2_after_the_reset_and_nothing_else(runs, tmp_path, capsys):
+    out = tmp_path / "carry"
+    assert cli.main(["evaluate", str(runs), "--out", str(out), "--tasks", str(TASKS), "--steps", str(STEPS),
+                     "--reset-rule", "carry", "--quiet"]) == 0
+    assert "resets by the 'carry' rule" in capsys.readouterr().out
+    assert json.loads((out / "config.json").read_text())["reset_rule"] == "carry"
+    carry = json.loads((out / "summary.json").read_text())
+    paper = deep_evaluation.evaluate(deep_evaluation.find_runs(str(runs)), TASKS, STEPS)
+    assert carry["reset_rule"] == "carry" and paper["reset_rule"] == "category"
+    # The same draws, the same tendency: the methods that never reset, MAML²'s
+    # return before any step and its picks are the same computation either way.
+    for method in ("maml2_no_reset", "maml", "lfs"):
+        assert carry["per_seed"][method] == paper["per_seed"][method]
+    assert carry["chosen"] == paper["chosen"]
+    for c in paper["categories"]:
+        a, b = np.asarray(carry["per_seed"]["maml2"][c]), np.asarray(paper["per_seed"]["maml2"][c])
+        np.testing.assert_array_equal(a[:, 0], b[:, 0])
+        assert not np.array_equal(a[:, 1:], b[:, 1:])  # after the reset the carried update shows
+    with pytest.raises(ConfigError, match="reset rule"):
+        deep_evaluation.evaluate([str(runs / "maml-s1")], TASKS, STEPS, reset_rule="towards")
+
+
 def test_a_single_run_directory_is_accepted(runs):
     assert deep_evaluation.find_runs(str(runs / "maml-s1")) == [str(runs / "maml-s1")]
     assert len(deep_evaluation.find_runs(str(runs))) == 3

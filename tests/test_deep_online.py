@@ -64,6 +64,16 @@ def test_bad_config_refused():
     assert deep_online.method_categories("maml2-N3") == 3 and deep_online.method_categories("maml2-auto") == "auto"
 
 
+def test_a_size_that_cannot_fit_is_refused_before_anything_is_written(tmp_path):
+    out = tmp_path / "online"
+    with pytest.raises(ConfigError, match=r"warm start needs at least .* lower --trials \(1000000000\)"):
+        deep_online.run(dataclasses.replace(CONFIG, trials=10**9), out=str(out))
+    with pytest.raises(ConfigError, match=r"adaptation of the arrival needs at least .* lower --steps"):
+        deep_online.run(dataclasses.replace(CONFIG, steps=10**9), out=str(out))
+    assert not out.exists()
+    deep_online.check_memory(CONFIG)  # the test's own size fits
+
+
 @pytest.mark.slow  # compiles the deep programs for 3 trials: ~3 min on 2 cores
 def test_arrivals_shared_across_methods(batch):
     states, records = batch

@@ -272,6 +272,25 @@ def test_the_tendency_learner_picks_the_category_and_nothing_else():
     np.testing.assert_array_equal(no_reset, with_pointer)
 
 
+def test_the_carry_rule_resets_to_the_category_plus_the_first_update():
+    learner, pointer = _shift_learner(jnp.array([1.0, 0.0])), _shift_learner(jnp.array([0.0, 1.0]))
+    theta, key = jnp.array([0.5, -0.5]), jax.random.key(6)
+    categories = jnp.array([[5.0, 0.0], [0.0, 7.0]])
+    theta_1, _ = learner.adapt(theta, None, jax.random.fold_in(key, 0))
+    step = theta_1 - theta  # the adapting learner's, not the tendency learner's
+    for tendency, picked in ((None, 0), (pointer, 1)):
+        paper, chosen = adaptation_curve(learner, 2, theta, None, key, categories, tendency_learner=tendency)
+        carry, carried_chosen = adaptation_curve(learner, 2, theta, None, key, categories, tendency_learner=tendency,
+                                                 reset_rule="carry")
+        assert int(chosen) == int(carried_chosen) == picked
+        assert carry[0] == paper[0]
+        expected = learner.adapt(categories[picked] + step, None, jax.random.fold_in(key, 1))[1][0]
+        np.testing.assert_allclose(carry[1], expected, rtol=1e-6)  # scanned vs eager: float32 rounding at most
+        assert abs(float(carry[1] - paper[1]) - float(jnp.sum(step))) < 1e-4  # one update further along
+    with pytest.raises(ValueError, match="reset rule"):
+        adaptation_curve(learner, 2, theta, None, key, categories, reset_rule="towards")
+
+
 def test_features_are_the_update_or_the_adapted_parameters(tiny):
     family, _, _, rule, source, theta = tiny
     policy = make_gaussian_policy(2, 2, PolicyConfig(hidden_sizes=(8,)))

@@ -7,6 +7,17 @@ update moved towards most (Fu et al. 2023, Sec. 3.3):
 
 reset the working parameters to :math:`θ_{c^*}` and keep adapting. The ablation
 "no reset" keeps adapting from θ₁.
+
+Reset rules (``rule``):
+
+* ``"category"`` (the paper's): continue from :math:`θ_{c^*}`. The first round's
+  update only reads the tendency; its samples do not adapt what comes next.
+* ``"carry"`` (an extension for policy-gradient learners): continue from
+  :math:`θ_{c^*} + (θ_1 − θ)`, the first update carried over to the category's
+  parameters. It costs no samples: it stands in for adapting :math:`θ_{c^*}` on the
+  first round's batch, with the update computed at θ in place of the one at
+  :math:`θ_{c^*}`. Entry k of the curve is then one step further along than under
+  ``"category"`` for the same samples.
 """
 
 from __future__ import annotations
@@ -15,6 +26,8 @@ import jax
 import jax.numpy as jnp
 
 from maml2_jax.core.types import Learner, take, tree_norm
+
+RESET_RULES = ("category", "carry")
 
 
 def update_tendency(theta, theta_1, category_params, active=None) -> jax.Array:
@@ -33,24 +46,31 @@ def update_tendency(theta, theta_1, category_params, active=None) -> jax.Array:
     return jnp.argmin(tendency).astype(jnp.int32)
 
 
-def reset(theta, theta_1, category_params, enabled=True, active=None, pointer=None):
-    """``(params to continue from, c*)``: θ_{c*} when ``enabled`` (a bool, may be traced), else θ₁.
-    ``active``: the slots that may be chosen (default all); ``pointer``: the adapted
-    parameters the tendency is read from, if not θ₁."""
+def reset(theta, theta_1, category_params, enabled=True, active=None, pointer=None, rule: str = "category"):
+    """``(params to continue from, c*)``: by ``rule``, θ_{c*} or θ_{c*} + (θ₁ − θ), when
+    ``enabled`` (a bool, may be traced), else θ₁. ``active``: the slots that may be
+    chosen (default all); ``pointer``: the adapted parameters the tendency is read
+    from, if not θ₁ (the carried update stays θ₁ − θ)."""
+    if rule not in RESET_RULES:
+        raise ValueError(f"reset rule must be one of {', '.join(RESET_RULES)}, not {rule!r}")
     chosen = update_tendency(theta, theta_1 if pointer is None else pointer, category_params, active)
     reset_params = take(category_params, chosen)
+    if rule == "carry":
+        reset_params = jax.tree.map(lambda c, t1, t: c + (t1 - t), reset_params, theta_1, theta)
     params = jax.tree.map(lambda r, t: jnp.where(enabled, r, t), reset_params, theta_1)
     return params, chosen
 
 
 def adaptation_curve(learner: Learner, rounds: int, params, task, key, category_params=None,
-                     reset_enabled: bool = True, active=None, tendency_learner: Learner | None = None):
+                     reset_enabled: bool = True, active=None, tendency_learner: Learner | None = None,
+                     reset_rule: str = "category"):
     """Scores of ``rounds + 1`` adaptation rounds on one task, with the update-tendency reset.
 
     ``learner.adapt`` is one round (one policy-gradient step, one episode); round k
     uses ``fold_in(key, k)``. Round 0 adapts θ to θ₁; with ``category_params``
     ``[N, ...]`` and ``reset_enabled`` the parameters then become θ_{c*}, otherwise
-    they stay θ₁; rounds 1..``rounds`` adapt on. Entry k of the curve is
+    they stay θ₁ (``reset_rule`` "carry": θ_{c*} + (θ₁ − θ), see :func:`reset`);
+    rounds 1..``rounds`` adapt on. Entry k of the curve is
     ``learner.score`` of round k (for a policy-gradient learner: the return of the
     batch sampled before that round's update).
 
@@ -70,7 +90,7 @@ def adaptation_curve(learner: Learner, rounds: int, params, task, key, category_
         pointer = None
         if tendency_learner is not None:
             pointer, _ = tendency_learner.adapt(params, task, jax.random.fold_in(key, rounds + 1))
-        current, chosen = reset(params, theta_1, category_params, reset_enabled, active, pointer)
+        current, chosen = reset(params, theta_1, category_params, reset_enabled, active, pointer, reset_rule)
 
     def body(p, k):
         p, stats = learner.adapt(p, task, jax.random.fold_in(key, k))
