@@ -280,7 +280,8 @@ def check_memory(config: TrainConfig, devices=None, what: str = "the run", flags
 
 
 def _words(flags: str) -> str:
-    """``"--meta-batch-size"`` -> ``"meta batch size"``; ``"--initial-pool + --arrivals"`` -> ``"initial pool + arrivals"``."""
+    """A factor's flags as words: ``"--meta-batch-size"`` -> ``"meta batch size"``,
+    ``"--initial-pool + --arrivals"`` -> ``"initial pool + arrivals"``."""
     return " ".join(word.lstrip("-").replace("-", " ") for word in flags.split())
 
 

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from maml2_jax.core.types import Learner, take, tree_norm
+from maml2_jax.errors import check_choice
 
 RESET_RULES = ("category", "carry")
 
@@ -51,8 +52,7 @@ def reset(theta, theta_1, category_params, enabled=True, active=None, pointer=No
     ``enabled`` (a bool, may be traced), else θ₁. ``active``: the slots that may be
     chosen (default all); ``pointer``: the adapted parameters the tendency is read
     from, if not θ₁ (the carried update stays θ₁ − θ)."""
-    if rule not in RESET_RULES:
-        raise ValueError(f"reset rule must be one of {', '.join(RESET_RULES)}, not {rule!r}")
+    check_choice("reset rule", rule, RESET_RULES)
     chosen = update_tendency(theta, theta_1 if pointer is None else pointer, category_params, active)
     reset_params = take(category_params, chosen)
     if rule == "carry":
