@@ -104,6 +104,7 @@ def _add_gridworld(sub) -> None:
                    help="adaptation episodes per test task (default %(default)s)")
     p.add_argument("--reset-after", type=int, default=d.reset_after,
                    help="episodes from θ before the update-tendency reset (default %(default)s)")
+    _add_reset_rule(p)
     p.add_argument("--beta", type=float, default=d.beta, help="β of the CatMeta step β/|C| (default %(default)s)")
     p.add_argument("--rows", type=int, default=10, help="grid rows (default %(default)s)")
     p.add_argument("--cols", type=int, default=10, help="grid columns (default %(default)s)")
@@ -179,7 +180,7 @@ def run_gridworld(args, explicit, status) -> None:
     import jax
 
     from maml2_jax import evaluation, gridworld_experiment, sharding
-    from maml2_jax.io import files
+    from maml2_jax.io import config_files, files
     from maml2_jax.io.checkpoint import Checkpoints
 
     config = _gridworld_config(args, explicit)
@@ -196,7 +197,7 @@ def run_gridworld(args, explicit, status) -> None:
                 previous = json.load(f)
         except (OSError, json.JSONDecodeError):
             raise ConfigError(f"--resume: nothing to resume in {args.out} (no readable config.json)") from None
-        if previous != saved:
+        if not config_files.same_settings(previous, config):
             raise ConfigError(f"--resume: the run in {args.out} had other settings; resume it with the same flags")
     else:
         def claim():
@@ -437,9 +438,15 @@ def run_train(args, explicit, status) -> None:
     print(f"wrote {out}")
 
 
-def _add_evaluate(sub) -> None:
+def _add_reset_rule(p) -> None:
     from maml2_jax.core.readaptation import RESET_RULES
 
+    p.add_argument("--reset-rule", default="category", choices=RESET_RULES,
+                   help="where MAML² continues after the update-tendency reset: category, θ_c* (the paper's), or "
+                        "carry, θ_c* + (θ₁ − θ), the update before the reset carried over (default %(default)s)")
+
+
+def _add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="adapt trained runs, MAML² without reset and learning from scratch "
                                         "on fresh tasks; per category")
     p.add_argument("runs", help="a training run directory, or a directory of runs (each one seed)")
@@ -447,9 +454,7 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--tasks", type=int, default=40, help="test tasks (default %(default)s)")
     p.add_argument("--steps", type=int, default=3, help="adaptation steps (default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of the test tasks and rollouts (default %(default)s)")
-    p.add_argument("--reset-rule", default="category", choices=RESET_RULES,
-                   help="MAML²'s reset after the first step: category, to θ_c* (the paper's), or carry, to "
-                        "θ_c* + (θ₁ − θ), the first update carried over (default %(default)s)")
+    _add_reset_rule(p)
     _add_output_flags(p, config_file=False)
 
 
@@ -489,6 +494,7 @@ def _add_online(sub) -> None:
     p.add_argument("--seed", type=int, default=d.seed, help="master seed (default %(default)s)")
     p.add_argument("--max-categories", type=int, default=d.max_categories,
                    help="N_max of maml2-auto (default %(default)s)")
+    _add_reset_rule(p)
     grid = p.add_argument_group("grid world only")
     grid.add_argument("--initial-tasks", type=int, default=d.initial_tasks,
                       help="initial pool of maml2-auto and maml; maml2-N<k> starts from k tasks (default %(default)s)")
@@ -572,7 +578,7 @@ def _run_grid_online(config, args, bar, status):
     import json
 
     from maml2_jax import online, plotting
-    from maml2_jax.io import files
+    from maml2_jax.io import config_files, files
     from maml2_jax.io.checkpoint import Checkpoints
 
     config_path = os.path.join(args.out, "config.json")
@@ -583,7 +589,7 @@ def _run_grid_online(config, args, bar, status):
                 previous = json.load(f)
         except (OSError, json.JSONDecodeError):
             raise ConfigError(f"--resume: nothing to resume in {args.out} (no readable config.json)") from None
-        if previous != saved:
+        if not config_files.same_settings(previous, config):
             raise ConfigError(f"--resume: the run in {args.out} had other settings; resume it with the same flags")
     else:
         os.makedirs(args.out, exist_ok=True)

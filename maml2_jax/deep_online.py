@@ -15,10 +15,10 @@ pool of I tasks of the family; then for each arrival a = 0 … A−1:
 3. **arrival**: the next task T_a adapts with the update-tendency reset
    (:func:`~maml2_jax.core.readaptation.adaptation_curve`): one policy-gradient step
    θ → θ₁, :math:`c^* = \arg\min_c ‖θ_1 − θ_c‖ − ‖θ − θ_c‖` over the active slots,
-   continue from θ_{c*}; the return R_a(k) of the policy in use after k = 0 … K steps
-   (``steps`` = K) is recorded. With ``train.classify_trajectories`` the tendency is
-   read from a separate step with that many trajectories (step 1's features use
-   them too), as in ``maml2 evaluate``;
+   continue from θ_{c*} (``reset_rule`` "carry": θ_{c*} + (θ₁ − θ)); the return R_a(k)
+   of the policy in use after k = 0 … K steps (``steps`` = K) is recorded. With
+   ``train.classify_trajectories`` the tendency is read from a separate step with that
+   many trajectories (step 1's features use them too), as in ``maml2 evaluate``;
 4. T_a joins the pool (:func:`~maml2_jax.core.task_sources.growing`'s ``add``).
 
 The MAML baseline (``"maml"``) is the same engine with one category holding the whole
@@ -83,11 +83,11 @@ from sklearn.metrics import adjusted_rand_score
 from maml2_jax import deep_training
 from maml2_jax.core import task_sources
 from maml2_jax.core import train as engine_lib
-from maml2_jax.core.readaptation import adaptation_curve
+from maml2_jax.core.readaptation import RESET_RULES, adaptation_curve
 from maml2_jax.core.types import RunState, take
 from maml2_jax.envs import nav2d
-from maml2_jax.errors import ConfigError, check_non_negative_int, check_positive_int, check_seed
-from maml2_jax.io import files
+from maml2_jax.errors import ConfigError, check_choice, check_non_negative_int, check_positive_int, check_seed
+from maml2_jax.io import config_files, files
 from maml2_jax.io.checkpoint import Checkpoints
 from maml2_jax.online import MAML, MAML2_AUTO, method_categories
 
@@ -130,6 +130,9 @@ class OnlineDeepConfig:
       initial_pool: I, tasks in the pool before the first arrival.
       iterations_per_arrival: J, outer iterations of the warm start before each arrival.
       steps: K, adaptation steps recorded per arrival (returns after 0 … K steps).
+      reset_rule: where a MAML² method's arrival continues after the first step:
+        "category" (the paper's, θ_{c*}) or "carry" (θ_{c*} + (θ₁ − θ);
+        :func:`~maml2_jax.core.readaptation.reset`).
       methods: compared methods: ``maml2-auto`` (N chosen at each classification),
         ``maml2-N<k>`` (k categories), ``maml``.
       seed: trial t uses ``fold_in(key(seed), t)``.
@@ -142,6 +145,7 @@ class OnlineDeepConfig:
     initial_pool: int = 8
     iterations_per_arrival: int = 2
     steps: int = 3
+    reset_rule: str = "category"
     methods: tuple[str, ...] = (MAML2_AUTO, MAML)
     seed: int = 0
     checkpoint_every: int = 1
@@ -153,6 +157,7 @@ class OnlineDeepConfig:
             check_positive_int(name.replace("_", " "), getattr(self, name))
         check_non_negative_int("checkpoint every", self.checkpoint_every)
         check_seed("seed", self.seed)
+        check_choice("reset rule", self.reset_rule, RESET_RULES)
         if isinstance(self.methods, str) or not isinstance(self.methods, (tuple, list)) or not self.methods:
             raise ConfigError(f"methods must be a non-empty list of method names, got {self.methods!r}")
         object.__setattr__(self, "methods", tuple(self.methods))
@@ -247,7 +252,7 @@ def method_parts(config: OnlineDeepConfig, method: str) -> Method:
         if not reset:
             return adaptation_curve(one_step, config.steps, state.theta, task, key)
         return adaptation_curve(one_step, config.steps, state.theta, task, key, state.category_params, True,
-                                engine_lib.active(state), tendency)
+                                engine_lib.active(state), tendency, config.reset_rule)
 
     def admit(state: RunState) -> RunState:
         index = state.source.size
@@ -396,7 +401,7 @@ def run(config: OnlineDeepConfig, out: str | None = None, progress: Callable[[di
             if not os.path.isfile(config_path):
                 raise ConfigError(f"nothing to resume in {out}: no config.json")
             with open(config_path, encoding="utf-8") as f:
-                if json.load(f) != _config_json(config):
+                if not config_files.same_settings(json.load(f), config):
                     raise ConfigError(f"{config_path} is another experiment's config: resume with the same settings")
         else:
             os.makedirs(out, exist_ok=True)
@@ -517,6 +522,9 @@ def table(summary: dict) -> str:
     """Plain text: per group and method, the mean return after 0 … K steps ± the trial-to-trial spread."""
     lines = [(f"online {summary['env']}: mean return of the arrivals after 0..K adaptation steps "
               f"(± std of per-trial means), {summary['arrivals_done']} arrivals")]
+    rule = summary["config"].get("reset_rule", "category")
+    if rule != "category":
+        lines.append(f"MAML² resets by the {rule!r} rule")
     for group in next(iter(summary["methods"].values()))["groups"]:
         lines.append(f"{group} arrivals")
         for method, entry in summary["methods"].items():

@@ -229,7 +229,8 @@ def memory_estimate(config: TrainConfig, tasks: tuple[str, int] | None = None,
       seeds: seeds side by side, if not ``config.seeds``.
 
     Returns:
-      ``(bytes, factors)``: the estimate and its factors ``{flag: size}``.
+      ``(bytes, factors)``: the estimate and its factors ``{flag: size}``; K steps hold
+      K + 1 batches, a factor keyed ``"<steps flag> + 1"``.
     """
     from maml2_jax.envs import brax_tasks, nav2d
 
@@ -249,12 +250,12 @@ def memory_estimate(config: TrainConfig, tasks: tuple[str, int] | None = None,
         else:
             tasks = ("--meta-batch-size", config.meta_batch_size)
     flag, k = steps if steps is not None else ("--inner-steps", config.inner.inner_steps)
-    factors = {"--seeds": config.seeds if seeds is None else seeds, tasks[0]: tasks[1], flag: k + 1,
+    factors = {"--seeds": config.seeds if seeds is None else seeds, tasks[0]: tasks[1], f"{flag} + 1": k + 1,
                trajectories[0]: trajectories[1], "--horizon": config.horizon or default_horizon}
     if steps is not None and config.classify_trajectories > (k + 1) * trajectories[1]:
         # An evaluation also adapts each test task once with the classifying batch, for
         # the update tendency; that one batch is the larger.
-        del factors[flag], factors[trajectories[0]]
+        del factors[f"{flag} + 1"], factors[trajectories[0]]
         factors["--classify-trajectories"] = config.classify_trajectories
     floats_per_step = 2 * sum(config.policy.hidden_sizes) + 8
     return 4 * floats_per_step * math.prod(factors.values()), factors
@@ -275,8 +276,11 @@ def check_memory(config: TrainConfig, devices=None, what: str = "the run", flags
     if needed > available:
         largest = max(factors, key=factors.get)
         product = " x ".join(f"{value} ({_words(name)})" for name, value in factors.items())
+        flag, value = largest, factors[largest]
+        if flag.endswith(" + 1"):  # the steps factor: advise on the flag's own value, K
+            flag, value = flag.removesuffix(" + 1"), value - 1
         raise ConfigError(f"{what} needs at least {_gib(needed)} of memory, more than the {_gib(available)} of "
-                          f"{where} ({product}); lower {largest} ({factors[largest]})")
+                          f"{where} ({product}); lower {flag} ({value})")
 
 
 def _words(flags: str) -> str:

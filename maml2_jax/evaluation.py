@@ -79,6 +79,9 @@ def table(summary: dict) -> str:
              f"{'method':<16}" + "".join(f"{n:>{width}}" for n in names)]
     for method, by_group in summary["mean_steps"].items():
         lines.append(f"{method:<16}" + "".join(f"{by_group[g]:>{width}.1f}" for g in groups))
+    rule = summary.get("config", {}).get("reset_rule", "category")
+    if rule != "category":
+        lines.append(f"MAML² resets by the {rule!r} rule")
     return "\n".join(lines)
 
 

@@ -31,9 +31,10 @@ import numpy as np
 from maml2_jax import adaptation, lane_maml2, prng, sharding
 from maml2_jax.core import classification
 from maml2_jax.core.config import AUTO, MetaConfig, check_categories
+from maml2_jax.core.readaptation import RESET_RULES
 from maml2_jax.envs.gridworld import NUM_ACTIONS, PUBLISHED_GOALS, PUBLISHED_GROUPS, GridWorld
-from maml2_jax.errors import (INT32_MAX, ConfigError, NonFiniteError, check_float, check_int, check_positive_int,
-                              check_seed)
+from maml2_jax.errors import (INT32_MAX, ConfigError, NonFiniteError, check_choice, check_float, check_int,
+                              check_positive_int, check_seed)
 from maml2_jax.learners.sarsa import SarsaConfig, make_sarsa
 
 METHODS = ("maml2", "maml2_no_reset", "maml", "lfs")
@@ -58,6 +59,9 @@ class GridworldConfig:
       adapt_episodes: episodes of each Adapt inside CatMeta.
       test_episodes: adaptation episodes on each task at test time.
       reset_after: episodes from θ before the update-tendency reset.
+      reset_rule: where MAML² continues after it: "category" (the paper's, θ_{c*}) or
+        "carry" (θ_{c*} + (θ₁ − θ), the first episodes' update kept;
+        :func:`~maml2_jax.core.readaptation.reset`).
       beta: β of the CatMeta step β/|C|.
       stop_tolerance: CatMeta stops early when a step is smaller than this.
       world: the grid layout and its tasks (goal cells).
@@ -78,6 +82,7 @@ class GridworldConfig:
     adapt_episodes: int = 5
     test_episodes: int = 10
     reset_after: int = 1
+    reset_rule: str = "category"
     beta: float = 1.0
     stop_tolerance: float = 1e-5
     world: GridWorld = GridWorld()
@@ -104,6 +109,7 @@ class GridworldConfig:
                 f"need 1 <= reset_after < test_episodes, got reset_after={self.reset_after}, "
                 f"test_episodes={self.test_episodes}"
             )
+        check_choice("reset rule", self.reset_rule, RESET_RULES)
         # θ ← θ + β (mean of the category's adapted θ_i − θ): for β >= 2 a step never
         # brings θ closer to that mean, so the schedule cannot settle.
         object.__setattr__(self, "beta", check_float("beta", self.beta, 0, 2, low_open=True, high_open=True))
@@ -303,7 +309,7 @@ def build(config: GridworldConfig, mesh: jax.sharding.Mesh | None = None):
         reset = jnp.repeat(jnp.arange(num_methods) == METHODS.index("maml2"), runs * num_tasks)
         agents, chosen = lane_maml2.readapt(
             learner, lanes(starts), lane_cats, lane_goals, lane_keys, config.test_episodes, reset, config.reset_after,
-            lane_active,
+            lane_active, config.reset_rule,
         )
         steps = jax.vmap(learner.performance)(agents).reshape(num_methods, runs, num_tasks, -1)
         ticks = jnp.swapaxes(agents.choices.reshape(num_methods, runs, num_tasks), 0, 1)

@@ -315,12 +315,13 @@ def maml(learner: Learner, iterations: int, theta, tasks, keys, adapt_episodes: 
 
 
 def readapt(learner: Learner, theta, category_params, tasks, keys, episodes: int, reset, reset_after: int = 1,
-            active=None):
+            active=None, rule: str = "category"):
     """Adapts every lane for ``episodes`` episodes, resetting by update tendency.
 
-    After ``reset_after`` episodes from θ, lanes with ``reset`` True jump to
-    θ_{c*} and continue; the others (no-reset ablation, baselines) just continue. A
-    lane's first ``reset_after`` episodes are the same with or without reset.
+    After ``reset_after`` episodes from θ to θ₁, lanes with ``reset`` True jump to
+    θ_{c*} (``rule`` "carry": θ_{c*} + (θ₁ − θ), :func:`~maml2_jax.core.readaptation.reset`)
+    and continue; the others (no-reset ablation, baselines) just continue. A lane's
+    first ``reset_after`` episodes are the same with or without reset.
 
     Args:
       theta: ``[L, ...]`` start parameters.
@@ -333,7 +334,7 @@ def readapt(learner: Learner, theta, category_params, tasks, keys, episodes: int
     """
     agents = adaptation.adapt(learner, theta, tasks, keys, reset_after)
     active = jnp.ones(jax.tree.leaves(category_params)[0].shape[:2], bool) if active is None else active
-    params, chosen = jax.vmap(readaptation.reset)(theta, jax.vmap(learner.params)(agents), category_params, reset,
-                                                  active)
+    reset_one = functools.partial(readaptation.reset, rule=rule)
+    params, chosen = jax.vmap(reset_one)(theta, jax.vmap(learner.params)(agents), category_params, reset, active)
     agents = jax.vmap(learner.with_params)(agents, params)
     return adaptation.run_episodes(learner, agents, tasks, episodes), chosen

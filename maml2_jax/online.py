@@ -50,8 +50,10 @@ import numpy as np
 from maml2_jax import adaptation, lane_maml2
 from maml2_jax.core import classification
 from maml2_jax.core.config import AUTO
+from maml2_jax.core.readaptation import RESET_RULES
 from maml2_jax.envs.gridworld import GridWorld
-from maml2_jax.errors import ConfigError, NonFiniteError, check_float, check_int, check_positive_int, check_seed
+from maml2_jax.errors import (ConfigError, NonFiniteError, check_choice, check_float, check_int, check_positive_int,
+                              check_seed)
 from maml2_jax.learners.sarsa import SarsaConfig, make_sarsa
 
 INIT_COUNTER = 0xA0000000
@@ -97,6 +99,8 @@ class OnlineConfig:
       arrival_episodes: episodes of adaptation to an arriving task, in all.
       recorded_episodes: the leading episodes of an arrival whose steps are its score.
       reset_after: episodes from θ before the update-tendency reset.
+      reset_rule: where MAML² continues after it: "category" (the paper's, θ_{c*}) or
+        "carry" (θ_{c*} + (θ₁ − θ); :func:`~maml2_jax.core.readaptation.reset`).
       beta: β of the category step β/|C|.
       stop_tolerance: a category's meta-learning stops once a step is shorter than this.
       references: B, the reference pools of the automatic N's test.
@@ -118,6 +122,7 @@ class OnlineConfig:
     arrival_episodes: int = 2000
     recorded_episodes: int = 10
     reset_after: int = 1
+    reset_rule: str = "category"
     beta: float = 1.0
     stop_tolerance: float = 1e-5
     references: int = 20
@@ -146,6 +151,7 @@ class OnlineConfig:
         check_int("references", self.references, 2)
         if self.reset_after >= self.arrival_episodes:
             raise ConfigError(f"need reset_after < arrival_episodes, got {self.reset_after} >= {self.arrival_episodes}")
+        check_choice("reset rule", self.reset_rule, RESET_RULES)
         if self.recorded_episodes > self.arrival_episodes:
             raise ConfigError(f"recorded episodes ({self.recorded_episodes}) exceed the arrival's episodes "
                               f"({self.arrival_episodes})")
@@ -286,7 +292,8 @@ def build(config: OnlineConfig) -> Stages:
         state = lane_maml2.run_schedules(learner, theta, members, pool_goals, meta_keys, outer, inner,
                                          config.adapt_episodes, config.beta, config.stop_tolerance)
         agents, chosen = lane_maml2.readapt(tracker, state.theta, state.category_params, goal, adapt_keys,
-                                            config.arrival_episodes, reset, config.reset_after, active)
+                                            config.arrival_episodes, reset, config.reset_after, active,
+                                            config.reset_rule)
         return state.theta, jax.vmap(tracker.performance)(agents), chosen, jax.vmap(tracker.feature)(agents)
 
     return Stages(learn, arrive)
@@ -573,4 +580,7 @@ def table(summary: dict) -> str:
         used = ", ".join(f"{n}: {c}" for n, c in enumerate(counts) if c)
         lines.append(f"{method:<12}{summary['mean_steps'][method]:>9.1f}{summary['median_steps'][method]:>9.1f}"
                      f"{paper_text}{used:>16}")
+    rule = summary["config"].get("reset_rule", "category")
+    if rule != "category":
+        lines.append(f"MAML² resets by the {rule!r} rule (the published figures used the paper's, 'category')")
     return "\n".join(lines)

@@ -157,6 +157,11 @@ def isolated_groups(summary: dict) -> set:
     return found
 
 
+def _rule_note(rule: str | None) -> str:
+    """A panel title's note of MAML²'s reset rule; the paper's ("category") goes unsaid."""
+    return "" if rule in (None, "category") else f"; MAML² reset: {rule}"
+
+
 def adaptation_figure(summary: dict, path: str, ylabel: str = "steps per episode") -> None:
     """Grid world: a panel per reporting group, steps per episode (log scale), 95% band.
 
@@ -168,7 +173,8 @@ def adaptation_figure(summary: dict, path: str, ylabel: str = "steps per episode
       path: output image path (PNG).
     """
     isolated = isolated_groups(summary)
-    titles = {g: _tasks_text(tasks) + (" (isolated)" if g in isolated else "")
+    rule = _rule_note(summary.get("config", {}).get("reset_rule"))
+    titles = {g: _tasks_text(tasks) + (" (isolated)" if g in isolated else "") + rule
               for g, tasks in summary["groups"].items()}
     reset_after = summary.get("config", {}).get("reset_after")
     reset_x = reset_after + 0.5 if reset_after else None
@@ -201,8 +207,7 @@ def return_figure(summary: dict, path: str) -> None:
       path: output image path (PNG).
     """
     isolated = isolated_categories(summary)
-    rule = summary.get("reset_rule", "category")
-    rule = "" if rule == "category" else f"; MAML² reset: {rule}"  # the paper's rule goes unsaid
+    rule = _rule_note(summary.get("reset_rule"))
     titles = {c: f"category {c} ({'isolated, ' if c in isolated else ''}{n} tasks){rule}"
               for c, n in summary["categories"].items()}
     meta_learned = tuple(m for m in summary["mean_return"] if m != "lfs")

@@ -472,8 +472,11 @@ CASES = [
     online("--env", "nav2d-isolated", "--trials", "1000000000", field="--trials"),
     online("--env", "nav2d-isolated", "--classify-trajectories", "1000000000", field="--classify-trajectories"),
     online("--env", "nav2d-isolated", "--steps", "1000000000", field="--steps"),
-    # evaluate: the reset rule
+    # the reset rule, one vocabulary in every command that resets
     evaluate("--reset-rule", "towards", field="--reset-rule"),
+    grid("--reset-rule", "towards", field="--reset-rule"),
+    online("--reset-rule", "towards", field="--reset-rule"),
+    online("--env", "nav2d-isolated", "--reset-rule", "towards", field="--reset-rule"),
 ]
 
 

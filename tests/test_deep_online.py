@@ -68,7 +68,9 @@ def test_a_size_that_cannot_fit_is_refused_before_anything_is_written(tmp_path):
     out = tmp_path / "online"
     with pytest.raises(ConfigError, match=r"warm start needs at least .* lower --trials \(1000000000\)"):
         deep_online.run(dataclasses.replace(CONFIG, trials=10**9), out=str(out))
-    with pytest.raises(ConfigError, match=r"adaptation of the arrival needs at least .* lower --steps"):
+    # K steps hold K + 1 batches: the product says so, and the advice names --steps's own value.
+    refusal = r"adaptation of the arrival needs at least .*\(steps \+ 1\).* lower --steps \(1000000000\)"
+    with pytest.raises(ConfigError, match=refusal):
         deep_online.run(dataclasses.replace(CONFIG, steps=10**9), out=str(out))
     assert not out.exists()
     deep_online.check_memory(CONFIG)  # the test's own size fits
@@ -161,6 +163,39 @@ def test_resume_equals_uninterrupted(batch, tmp_path):
     assert "vs_maml" in auto and "vs_maml" not in summary["methods"]["maml"]
     deep_online.plot(summary, str(tmp_path / "online.png"))
     assert os.path.getsize(tmp_path / "online.png") > 0
+
+
+def test_the_carry_reset_rule_reaches_the_maml2_arrivals_only():
+    carry_config = dataclasses.replace(CONFIG, reset_rule="carry")
+    states = deep_online.init_states(CONFIG, [0, 1])
+    maml = [deep_online.method_parts(c, "maml").curves(states["maml"]) for c in (CONFIG, carry_config)]
+    _assert_same(maml[0], maml[1])  # MAML never resets: the same program under either rule
+    method = deep_online.method_parts(carry_config, "maml2-auto")
+    state = states["maml2-auto"]
+    # Slots spread around θ so that the reset moves the policy (at the start every θ_c is θ).
+    offsets = jax.random.normal(jax.random.key(4), (state.members.shape[1], 1))
+    spread = jax.tree.map(lambda c: c + 0.3 * offsets.reshape((1, -1) + (1,) * (c.ndim - 2)),
+                          state.category_params)
+    members = np.zeros(state.members.shape, bool)
+    members[:, :, 0] = True  # every slot holds a category
+    state = state.replace(category_params=spread, members=members)
+    returns, picked = method.curves(state)
+    by_category = deep_online.method_parts(CONFIG, "maml2-auto").curves(state)
+    np.testing.assert_array_equal(picked, by_category[1])  # read from round 0, before the rule acts
+    # What the core's carry rule gives, one trial at a time (jitted and vmapped there, eager
+    # here: float32 sums of the same rollouts, equal to well within 1e-5).
+    learner, _ = deep_training.shared_parts(carry_config.method_train("maml2-auto")).one_step_learners()
+    for t in range(2):
+        one = jax.tree.map(lambda x, t=t: x[t], state)
+        key = jax.random.fold_in(jax.random.wrap_key_data(one.key),
+                                 np.uint32(deep_online.ARRIVAL_COUNTER) + np.uint32(int(one.source.size)))
+        task = take(one.source.pool, int(one.source.size))
+        expected = adaptation_curve(learner, CONFIG.steps, one.theta, task, key, one.category_params, True,
+                                    engine_lib.active(one), reset_rule="carry")
+        np.testing.assert_allclose(returns[t], expected[0], rtol=1e-5)
+        assert int(picked[t]) == int(expected[1])
+    # ... and it is not the paper's rule's curve after the reset.
+    assert np.max(np.abs(np.asarray(returns)[:, 1:] - np.asarray(by_category[0])[:, 1:])) > 1e-3
 
 
 def test_classify_trajectories_reach_the_maml2_methods_only():

@@ -132,6 +132,23 @@ def test_reset_helps_on_the_bulk(learned):
     assert m["maml2"]["bulk"] < 0.5 * m["lfs"]["bulk"]
 
 
+def test_the_carry_reset_rule_changes_only_maml2_after_the_reset(small_batch):
+    one, _ = small_batch
+    carry = gridworld_experiment.run(GridworldConfig(runs=1, seed=3, reset_rule="carry", **SMALL))
+    maml2_index, after = METHODS.index("maml2"), carry.config.reset_after
+    # Classification, meta-training and the other methods' tests do not see the rule.
+    np.testing.assert_array_equal(carry.labels, one.labels)
+    np.testing.assert_array_equal(carry.chosen, one.chosen)
+    others = [i for i in range(len(METHODS)) if i != maml2_index]
+    np.testing.assert_array_equal(carry.steps[others], one.steps[others])
+    # MAML²'s episodes before the reset are the same; after it the start differs by the
+    # first episode's update, and with it the episodes of some task.
+    np.testing.assert_array_equal(carry.steps[maml2_index, ..., :after], one.steps[maml2_index, ..., :after])
+    assert not np.array_equal(carry.steps[maml2_index, ..., after:], one.steps[maml2_index, ..., after:])
+    assert "'carry' rule" in evaluation.table(evaluation.summarize(carry))
+    assert "rule" not in evaluation.table(evaluation.summarize(one))
+
+
 # --------------------------------------------------------------------------------------
 # Config validation
 # --------------------------------------------------------------------------------------
@@ -156,6 +173,7 @@ def test_reset_helps_on_the_bulk(learned):
         (dict(runs=True), "runs"),
         (dict(test_episodes=1), "test_episodes"),
         (dict(outer_update="both"), "outer update"),
+        (dict(reset_rule="nearest"), "reset rule"),
         (dict(groups=((0, 1), ())), "empty"),
         (dict(groups=((0, 10),)), "10"),
     ],

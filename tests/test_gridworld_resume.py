@@ -46,6 +46,16 @@ def test_resume_with_other_settings_is_refused_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "other settings" in err and "\n" not in err
     assert cli.main(["gridworld", *SMALL, "--out", str(tmp_path / "none"), "--resume"]) == 2
+    # A run saved before a setting existed (here the reset rule) resumes with that setting
+    # at its default, the behaviour it ran with, and is refused with another value.
+    path = os.path.join(out, "config.json")
+    with open(path) as f:
+        saved = json.load(f)
+    assert saved.pop("reset_rule") == "category"
+    with open(path, "w") as f:
+        json.dump(saved, f)
+    assert cli.main(["gridworld", *SMALL, "--out", out, "--resume"]) == 0
+    assert cli.main(["gridworld", *SMALL, "--reset-rule", "carry", "--out", out, "--resume"]) == 2
 
 
 @pytest.mark.slow  # three fresh processes, each compiling the experiment

@@ -90,6 +90,22 @@ def test_maml2_whose_automatic_n_stays_1_is_maml_exactly(batch):
     np.testing.assert_array_equal(batch.steps[auto][single], batch.steps[maml][single])
 
 
+def test_the_carry_reset_rule_reaches_the_maml2_lanes_only(batch):
+    carry = online.run(dataclasses.replace(TINY, reset_rule="carry"))
+    n2, auto, maml = range(3)
+    np.testing.assert_array_equal(carry.steps[maml], batch.steps[maml])
+    np.testing.assert_array_equal(carry.arriving, batch.arriving)
+    # The first arrival meets the same state under either rule: the same episodes before
+    # the reset, the same category chosen. Its adaptation after the reset starts elsewhere
+    # (and its feature, kept in the pool, with it), so the MAML² lanes part from there.
+    after = TINY.reset_after
+    for m in (n2, auto):
+        np.testing.assert_array_equal(carry.steps[m, :, 0, :after], batch.steps[m, :, 0, :after])
+        np.testing.assert_array_equal(carry.chosen[m, :, 0], batch.chosen[m, :, 0])
+    assert not np.array_equal(carry.steps[n2, :, :, after:], batch.steps[n2, :, :, after:])
+    assert "'carry' rule" in online.table(online.summarize(carry))
+
+
 def test_summary_table_and_figure(batch, tmp_path):
     summary = online.summarize(batch)
     scores = batch.steps.mean(axis=-1)
@@ -112,6 +128,7 @@ def test_summary_table_and_figure(batch, tmp_path):
     ({"recorded_episodes": 61}, "recorded"),
     ({"trials": 0}, "trials"),
     ({"references": 1}, "references"),
+    ({"reset_rule": "nearest"}, "reset rule"),
 ])
 def test_bad_settings_are_refused_in_one_line(changes, message):
     with pytest.raises(ConfigError, match=message):

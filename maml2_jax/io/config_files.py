@@ -88,3 +88,14 @@ def _construct(cls, default, data: dict, prefix: str):
         return cls(**fields)
     except TypeError as error:  # a value of a type the dataclass's checks did not foresee
         raise ConfigError(f"--config: bad value in {prefix or 'the settings'} ({error})") from None
+
+
+def same_settings(saved: dict, config) -> bool:
+    """Whether ``saved`` (a run's ``config.json``) holds the settings of ``config``, the
+    check before a resume. A field ``saved`` lacks was added by a later version of the
+    library and counts at its default, the behaviour the earlier version had, so a run
+    started before an upgrade resumes after it."""
+    try:
+        return build(type(config)(), saved) == config
+    except ConfigError:
+        return False
