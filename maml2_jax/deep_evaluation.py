@@ -27,7 +27,7 @@ import jax
 import numpy as np
 
 from maml2_jax import deep_training
-from maml2_jax.core.readaptation import RESET_RULES, adaptation_curve
+from maml2_jax.core.readaptation import RESET_RULES, adaptation_curve, rule_note
 from maml2_jax.errors import (
     ConfigError,
     check_choice,
@@ -248,8 +248,9 @@ def table(summary: dict) -> str:
     """Plain text: mean return per method and category, after each adaptation step."""
     lines = [f"mean return per episode on {summary['env']} (higher is better), after 0..{summary['steps']} "
              "adaptation steps; ± seed-to-seed std"]
-    if summary.get("reset_rule", "category") != "category":
-        lines.append(f"MAML² resets by the {summary['reset_rule']!r} rule")
+    note = rule_note(summary.get("reset_rule"))
+    if note:
+        lines.append(note)
     for c, count in summary["categories"].items():
         lines.append(f"category {c} ({count} test tasks)")
         for method, by_category in summary["mean_return"].items():

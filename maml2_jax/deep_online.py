@@ -83,7 +83,7 @@ from sklearn.metrics import adjusted_rand_score
 from maml2_jax import deep_training
 from maml2_jax.core import task_sources
 from maml2_jax.core import train as engine_lib
-from maml2_jax.core.readaptation import RESET_RULES, adaptation_curve
+from maml2_jax.core.readaptation import RESET_RULES, adaptation_curve, rule_note
 from maml2_jax.core.types import RunState, take
 from maml2_jax.envs import nav2d
 from maml2_jax.errors import ConfigError, check_choice, check_non_negative_int, check_positive_int, check_seed
@@ -522,9 +522,9 @@ def table(summary: dict) -> str:
     """Plain text: per group and method, the mean return after 0 … K steps ± the trial-to-trial spread."""
     lines = [(f"online {summary['env']}: mean return of the arrivals after 0..K adaptation steps "
               f"(± std of per-trial means), {summary['arrivals_done']} arrivals")]
-    rule = summary["config"].get("reset_rule", "category")
-    if rule != "category":
-        lines.append(f"MAML² resets by the {rule!r} rule")
+    note = rule_note(summary["config"].get("reset_rule"))
+    if note:
+        lines.append(note)
     for group in next(iter(summary["methods"].values()))["groups"]:
         lines.append(f"{group} arrivals")
         for method, entry in summary["methods"].items():

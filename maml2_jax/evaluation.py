@@ -7,6 +7,7 @@ import dataclasses
 
 import numpy as np
 
+from maml2_jax.core.readaptation import rule_note
 from maml2_jax.gridworld_experiment import METHODS, GridworldResult
 
 
@@ -79,9 +80,9 @@ def table(summary: dict) -> str:
              f"{'method':<16}" + "".join(f"{n:>{width}}" for n in names)]
     for method, by_group in summary["mean_steps"].items():
         lines.append(f"{method:<16}" + "".join(f"{by_group[g]:>{width}.1f}" for g in groups))
-    rule = summary.get("config", {}).get("reset_rule", "category")
-    if rule != "category":
-        lines.append(f"MAML² resets by the {rule!r} rule")
+    note = rule_note(summary.get("config", {}).get("reset_rule"))
+    if note:
+        lines.append(note)
     return "\n".join(lines)
 
 

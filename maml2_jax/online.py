@@ -50,7 +50,7 @@ import numpy as np
 from maml2_jax import adaptation, lane_maml2
 from maml2_jax.core import classification
 from maml2_jax.core.config import AUTO
-from maml2_jax.core.readaptation import RESET_RULES
+from maml2_jax.core.readaptation import RESET_RULES, rule_note
 from maml2_jax.envs.gridworld import GridWorld
 from maml2_jax.errors import (ConfigError, NonFiniteError, check_choice, check_float, check_int, check_positive_int,
                               check_seed)
@@ -580,7 +580,7 @@ def table(summary: dict) -> str:
         used = ", ".join(f"{n}: {c}" for n, c in enumerate(counts) if c)
         lines.append(f"{method:<12}{summary['mean_steps'][method]:>9.1f}{summary['median_steps'][method]:>9.1f}"
                      f"{paper_text}{used:>16}")
-    rule = summary["config"].get("reset_rule", "category")
-    if rule != "category":
-        lines.append(f"MAML² resets by the {rule!r} rule (the published figures used the paper's, 'category')")
+    note = rule_note(summary["config"].get("reset_rule"))
+    if note:
+        lines.append(f"{note} (the published figures used the paper's, 'category')")
     return "\n".join(lines)

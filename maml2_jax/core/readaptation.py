@@ -31,6 +31,12 @@ from maml2_jax.errors import check_choice
 RESET_RULES = ("category", "carry")
 
 
+def rule_note(rule: str | None) -> str:
+    """A results table's line naming MAML²'s reset rule; "" for the paper's ("category",
+    or None: a summary written before the rule was recorded)."""
+    return "" if rule in (None, "category") else f"MAML² resets by the {rule!r} rule"
+
+
 def update_tendency(theta, theta_1, category_params, active=None) -> jax.Array:
     """``argmin_c ‖θ₁ − θ_c‖ − ‖θ − θ_c‖`` (int32); ``category_params`` is ``[N, ...]``.
 
