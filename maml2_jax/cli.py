@@ -454,6 +454,9 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--tasks", type=int, default=40, help="test tasks (default %(default)s)")
     p.add_argument("--steps", type=int, default=3, help="adaptation steps (default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of the test tasks and rollouts (default %(default)s)")
+    p.add_argument("--num-trajectories", type=int, default=None,
+                   help="trajectories per test task in each adaptation step, for every method (default: each "
+                        "run's own --num-trajectories); the tendency still reads a run's --classify-trajectories")
     _add_reset_rule(p)
     _add_output_flags(p, config_file=False)
 
@@ -683,15 +686,17 @@ def run_evaluate(args, explicit, status) -> None:
     runs = deep_evaluation.find_runs(args.runs, args.out)
     files.claim_directory(args.out, EVALUATE_OUTPUTS, args.overwrite)
     with _silenced():  # brax families print chatter while the runs load; a damaged run is refused here
-        loaded = deep_evaluation.load_runs(runs, args.tasks, args.steps, args.seed, args.reset_rule)
+        loaded = deep_evaluation.load_runs(runs, args.tasks, args.steps, args.seed, args.reset_rule,
+                                           args.num_trajectories)
     with tqdm(total=len(runs), desc="evaluating runs", unit="run", disable=args.quiet, file=sys.stderr) as bar:
         summary = deep_evaluation.evaluate(runs, args.tasks, args.steps, args.seed, progress=lambda _: bar.update(),
-                                           loaded=loaded, reset_rule=args.reset_rule)
+                                           loaded=loaded, reset_rule=args.reset_rule,
+                                           num_trajectories=args.num_trajectories)
     print(deep_evaluation.table(summary))
     os.makedirs(args.out, exist_ok=True)
     files.write_json(os.path.join(args.out, "config.json"),
                      {"runs": runs, "tasks": args.tasks, "steps": args.steps, "seed": args.seed,
-                      "reset_rule": args.reset_rule})
+                      "reset_rule": args.reset_rule, "num_trajectories": args.num_trajectories})
     files.write_atomically(os.path.join(args.out, "adaptation.png"), lambda tmp: plotting.return_figure(summary, tmp))
     files.write_json(os.path.join(args.out, "summary.json"), summary)
     print(f"wrote {args.out}/summary.json and adaptation.png")

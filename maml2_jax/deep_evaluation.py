@@ -130,8 +130,12 @@ def _category_meaning(path: str, slots: int) -> tuple[list[int], np.ndarray]:
 
 
 def load_runs(run_dirs: list[str], num_tasks: int = 40, steps: int = 3, seed: int = 0,
-              reset_rule: str = "category") -> list[tuple]:
+              reset_rule: str = "category", num_trajectories: int | None = None) -> list[tuple]:
     """Checks an evaluation's settings and loads its runs, before anything is compiled.
+
+    ``num_trajectories``: trajectories per test task in each adaptation step, for every
+    method and run (None: each run's own ``num_trajectories``). The classifying batch a
+    run was trained with (``classify_trajectories``) still reads the update tendency.
 
     ConfigError for a bad count, seed or reset rule, a damaged run (:func:`maml2_jax.deep_training.load_run`
     names the file), runs that cannot be compared (other task family, horizon or
@@ -142,9 +146,11 @@ def load_runs(run_dirs: list[str], num_tasks: int = 40, steps: int = 3, seed: in
     check_positive_int("adaptation steps", steps)
     check_seed("seed", seed, count=2)  # the tasks' key is key(seed), the rollouts' key(seed + 1)
     check_choice("reset rule", reset_rule, RESET_RULES)
+    if num_trajectories is not None:
+        check_positive_int("trajectories per adaptation step", num_trajectories)
     if not run_dirs:
         raise ConfigError("no runs to evaluate")
-    loaded = [deep_training.load_run(path) for path in run_dirs]
+    loaded = [deep_training.load_run(path, num_trajectories) for path in run_dirs]
     envs = {config.env for config, *_ in loaded}
     if len(envs) != 1:
         raise ConfigError(f"runs of different task families cannot be compared: {sorted(envs)}")
@@ -163,13 +169,15 @@ def load_runs(run_dirs: list[str], num_tasks: int = 40, steps: int = 3, seed: in
 
 def evaluate(run_dirs: list[str], num_tasks: int = 40, steps: int = 3, seed: int = 0,
              progress: Callable[[str], None] | None = None, loaded: list[tuple] | None = None,
-             reset_rule: str = "category") -> dict:
+             reset_rule: str = "category", num_trajectories: int | None = None) -> dict:
     """Adapts every method of every run on ``num_tasks`` test tasks for ``steps`` steps.
 
     ``reset_rule``: MAML²'s reset, "category" (the paper's) or "carry" (see
     :mod:`maml2_jax.core.readaptation`); the other methods do not reset.
+    ``num_trajectories``: the test-time batch per adaptation step (see :func:`load_runs`).
 
-    Returns the JSON-ready summary: ``env``; ``steps``; ``reset_rule``; ``categories`` {category:
+    Returns the JSON-ready summary: ``env``; ``steps``; ``reset_rule``;
+    ``num_trajectories`` {run dir: trajectories per adaptation step}; ``categories`` {category:
     number of test tasks}; ``runs`` {method: [run dirs]}; ``mean_return``,
     ``ci95`` and ``seed_std`` {method: {category: [steps + 1]}} (entry k: the return
     of the policy in use after k adaptation steps); ``per_seed`` {method: {category:
@@ -183,7 +191,7 @@ def evaluate(run_dirs: list[str], num_tasks: int = 40, steps: int = 3, seed: int
     here when None.
     """
     if loaded is None:
-        loaded = load_runs(run_dirs, num_tasks, steps, seed, reset_rule)
+        loaded = load_runs(run_dirs, num_tasks, steps, seed, reset_rule, num_trajectories)
     envs = {config.env for config, *_ in loaded}
     parts = loaded[0][1]
     tasks, truth = parts.family.sample_tasks(jax.random.key(seed), num_tasks)
@@ -223,6 +231,7 @@ def evaluate(run_dirs: list[str], num_tasks: int = 40, steps: int = 3, seed: int
             progress(path)
     categories = sorted({int(c) for c in truth})
     summary = {"env": envs.pop(), "steps": steps, "seed": seed, "reset_rule": reset_rule,
+               "num_trajectories": {path: config.inner.num_trajectories for path, (config, *_) in zip(run_dirs, loaded)},
                "categories": {str(c): int(np.sum(truth == c)) for c in categories},
                "runs": {m: r for m, r in runs.items() if r},
                "mean_return": {}, "ci95": {}, "seed_std": {}, "per_seed": {}, "chosen": chosen}
@@ -251,6 +260,9 @@ def table(summary: dict) -> str:
     note = rule_note(summary.get("reset_rule"))
     if note:
         lines.append(note)
+    batches = sorted(set(summary.get("num_trajectories", {}).values()))
+    if batches:
+        lines.append(f"each adaptation step samples {' or '.join(map(str, batches))} trajectories per test task")
     for c, count in summary["categories"].items():
         lines.append(f"category {c} ({count} test tasks)")
         for method, by_category in summary["mean_return"].items():

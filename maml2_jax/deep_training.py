@@ -639,8 +639,11 @@ def _read_json(path: str):
         raise ConfigError(f"{path} is damaged: not valid JSON ({first_line(error)})") from None
 
 
-def load_run(path: str):
+def load_run(path: str, num_trajectories: int | None = None):
     """Reads a ``train`` output directory: ``(config, parts, theta, category_params | None)``.
+
+    ``num_trajectories``: trajectories per task in each adaptation step of the returned
+    config and parts, in place of the run's own (the test-time batch; None keeps it).
 
     Every file is checked before anything is compiled: ``config.json`` (a valid config
     of one seed), ``metrics.jsonl`` (strict JSON, one row per outer iteration, all of
@@ -652,6 +655,8 @@ def load_run(path: str):
     if not os.path.isfile(config_path):
         raise ConfigError(f"{path} is not a training run (no config.json)")
     config = _read_config(config_path)
+    if num_trajectories is not None:
+        config = dataclasses.replace(config, inner=dataclasses.replace(config.inner, num_trajectories=num_trajectories))
     if config.seeds != 1:
         raise ConfigError(f"{config_path} describes {config.seeds} seeds, but a run directory holds one "
                           "(evaluate the seed_<s> directories below the run)")

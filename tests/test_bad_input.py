@@ -361,6 +361,9 @@ CASES = [
     evaluate("--seed", "-1", field="seed"),
     evaluate("--seed", str(2**64), field="seed"),
     evaluate("--seed", "x", field="--seed"),
+    evaluate("--num-trajectories", "0", field="trajectories per adaptation step"),
+    evaluate("--num-trajectories", "x", field="--num-trajectories"),
+    evaluate("--num-trajectories", "1000000000", field="--num-trajectories"),  # cannot fit in memory
     # evaluate: where the runs are and where the outputs go
     evaluate(field="missing", runs="{tmp}/missing", name="missing runs directory"),
     evaluate(field="file", runs="{file}", name="runs path is a file"),

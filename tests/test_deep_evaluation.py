@@ -1,6 +1,7 @@
 """`maml2 evaluate`: every method per category on shared test tasks, from trained runs."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -84,6 +85,32 @@ def test_the_carry_rule_changes_maml2_after_the_reset_and_nothing_else(runs, tmp
         assert not np.array_equal(a[:, 1:], b[:, 1:])  # after the reset the carried update shows
     with pytest.raises(ConfigError, match="reset rule"):
         deep_evaluation.evaluate([str(runs / "maml-s1")], TASKS, STEPS, reset_rule="towards")
+
+
+def test_a_test_time_batch_is_the_run_trained_with_that_batch(runs, tmp_path, capsys):
+    # --num-trajectories 8 on runs trained with 4 is the same computation as evaluating
+    # copies whose config.json names 8: compared exactly.
+    given, edited = tmp_path / "given", tmp_path / "edited"
+    for name in ("maml2-s1", "maml-s1"):
+        shutil.copytree(runs / name, given / name)
+        shutil.copytree(runs / name, edited / name)
+        config = json.loads((edited / name / "config.json").read_text())
+        assert config["inner"]["num_trajectories"] == 4
+        config["inner"]["num_trajectories"] = 8
+        (edited / name / "config.json").write_text(json.dumps(config))
+    out = tmp_path / "eval"
+    assert cli.main(["evaluate", str(given), "--out", str(out), "--tasks", str(TASKS), "--steps", str(STEPS),
+                     "--num-trajectories", "8", "--quiet"]) == 0
+    assert "samples 8 trajectories per test task" in capsys.readouterr().out
+    assert json.loads((out / "config.json").read_text())["num_trajectories"] == 8
+    overridden = json.loads((out / "summary.json").read_text())
+    assert set(overridden["num_trajectories"].values()) == {8}
+    reference = deep_evaluation.evaluate(deep_evaluation.find_runs(str(edited)), TASKS, STEPS)
+    assert overridden["per_seed"] == reference["per_seed"] and overridden["chosen"] == reference["chosen"]
+    # and it is not the runs' own batch: every return is estimated from its step's batch.
+    own = deep_evaluation.evaluate([str(given / "maml-s1")], TASKS, STEPS)
+    assert own["num_trajectories"] == {str(given / "maml-s1"): 4}
+    assert not np.array_equal(own["per_seed"]["maml"]["0"], overridden["per_seed"]["maml"]["0"])
 
 
 def test_a_single_run_directory_is_accepted(runs):
