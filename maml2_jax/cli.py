@@ -172,15 +172,28 @@ def _gridworld_config(args, explicit):
     return _config(GridworldConfig(), args, explicit, _GRIDWORLD_PATHS)
 
 
-def run_gridworld(args, explicit, status) -> None:
-    """Impure: runs the experiment, prints progress (stderr) and the table (stdout), writes the outputs."""
-    import dataclasses
+def _check_resume(out: str, config) -> None:
+    """ConfigError unless ``out/config.json`` is readable and holds ``config``'s settings
+    (:func:`maml2_jax.io.config_files.same_settings`)."""
     import json
 
+    from maml2_jax.io import config_files
+
+    try:
+        with open(os.path.join(out, "config.json")) as f:
+            previous = json.load(f)
+    except (OSError, json.JSONDecodeError):
+        raise ConfigError(f"--resume: nothing to resume in {out} (no readable config.json)") from None
+    if not config_files.same_settings(previous, config):
+        raise ConfigError(f"--resume: the run in {out} had other settings; resume it with the same flags")
+
+
+def run_gridworld(args, explicit, status) -> None:
+    """Impure: runs the experiment, prints progress (stderr) and the table (stdout), writes the outputs."""
     import jax
 
     from maml2_jax import evaluation, gridworld_experiment, sharding
-    from maml2_jax.io import config_files, files
+    from maml2_jax.io import files
     from maml2_jax.io.checkpoint import Checkpoints
 
     config = _gridworld_config(args, explicit)
@@ -190,20 +203,13 @@ def run_gridworld(args, explicit, status) -> None:
     gridworld_experiment.check_memory(config)
     writer = jax.process_index() == 0  # in a multi-process run only process 0 writes
     config_path = os.path.join(args.out, "config.json")
-    saved = json.loads(json.dumps(dataclasses.asdict(config)))  # tuples as lists, as the file has them
     if args.resume:
-        try:
-            with open(config_path) as f:
-                previous = json.load(f)
-        except (OSError, json.JSONDecodeError):
-            raise ConfigError(f"--resume: nothing to resume in {args.out} (no readable config.json)") from None
-        if not config_files.same_settings(previous, config):
-            raise ConfigError(f"--resume: the run in {args.out} had other settings; resume it with the same flags")
+        _check_resume(args.out, config)
     else:
         def claim():
             files.claim_directory(args.out, GRIDWORLD_OUTPUTS, args.overwrite)
             os.makedirs(args.out, exist_ok=True)
-            files.write_json(config_path, saved)
+            files.write_json(config_path, dataclasses.asdict(config))  # tuples are written as lists
 
         sharding.from_process_zero(claim)
     stages = {"classify": "learning every task from scratch for its feature (compiling first)",
@@ -578,25 +584,16 @@ def run_online(args, explicit, status) -> None:
 
 
 def _run_grid_online(config, args, bar, status):
-    import json
-
     from maml2_jax import online, plotting
-    from maml2_jax.io import config_files, files
+    from maml2_jax.io import files
     from maml2_jax.io.checkpoint import Checkpoints
 
     config_path = os.path.join(args.out, "config.json")
-    saved = json.loads(json.dumps(dataclasses.asdict(config)))
     if args.resume:
-        try:
-            with open(config_path) as f:
-                previous = json.load(f)
-        except (OSError, json.JSONDecodeError):
-            raise ConfigError(f"--resume: nothing to resume in {args.out} (no readable config.json)") from None
-        if not config_files.same_settings(previous, config):
-            raise ConfigError(f"--resume: the run in {args.out} had other settings; resume it with the same flags")
+        _check_resume(args.out, config)
     else:
         os.makedirs(args.out, exist_ok=True)
-        files.write_json(config_path, saved)
+        files.write_json(config_path, dataclasses.asdict(config))  # tuples are written as lists
 
     def progress(done, total):
         status.update(iteration=done if done else None)
