@@ -324,8 +324,9 @@ def _add_train(sub) -> None:
     families = family_names()
     p = sub.add_parser("train", help="meta-train a neural policy (deep track: MAML or MAML², one engine)")
     p.add_argument("--out", help="output directory: config.json, metrics.jsonl, params.msgpack, checkpoint/")
-    p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its newest checkpoint "
-                                                   "(its saved config is used; other flags are ignored)")
+    p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its newest checkpoint with its "
+                                                   "saved settings; --outer-iterations alone may be given with it, "
+                                                   "to lengthen a run (or shorten an unfinished one)")
     p.add_argument("--env", choices=families, default=d.env, metavar="ENV",
                    help=f"task family: {', '.join(families)} (default %(default)s)")
     p.add_argument("--horizon", type=int, default=d.horizon,
@@ -391,10 +392,11 @@ def run_train(args, explicit, status) -> None:
 
     if args.resume:
         out = args.resume
-        ignored = sorted(set(explicit) - _CONTROL)
+        ignored = sorted(set(explicit) - _CONTROL - {"outer_iterations"})
         if ignored or args.config:
             flag = "--config" if args.config else "--" + ignored[0].replace("_", "-")
-            raise ConfigError(f"{flag}: --resume continues with the run's saved settings; drop {flag}")
+            raise ConfigError(f"{flag}: --resume continues with the run's saved settings (only --outer-iterations "
+                              f"may change); drop {flag}")
         config = deep_training.load_config(out)
     else:
         if not args.out:
@@ -402,8 +404,10 @@ def run_train(args, explicit, status) -> None:
         out = args.out
         config = _train_config(args, explicit)
     join_from_flags(args)
-    deep_training.mesh_for(config)  # refuse a meta-batch that does not split before writing anything
     writer = jax.process_index() == 0  # in a multi-process run only process 0 writes
+    if args.resume and "outer_iterations" in explicit:
+        config = deep_training.extend(out, args.outer_iterations, writer=writer)
+    deep_training.mesh_for(config)  # refuse a meta-batch that does not split before writing anything
     if not args.resume:
         with _silenced():
             deep_training.initial_params(config)  # a bad --init-params is refused before anything is written

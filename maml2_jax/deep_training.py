@@ -515,17 +515,7 @@ def train(config: TrainConfig, out: str | None = None, progress: Callable[[dict]
                 raise ConfigError(f"checkpoint in {out} is inconsistent (record says iteration {done})")
             histories = [_read_metrics(os.path.join(d, "metrics.jsonl"), done) for d in dirs]
         elif out is not None and writer:
-            os.makedirs(out, exist_ok=True)
-            if config.seeds > 1:
-                files.write_json(os.path.join(out, "run_config.json"), dataclasses.asdict(config))
-            for d in dirs:
-                os.makedirs(d, exist_ok=True)
-                for stale in ("params.msgpack", "category_params.msgpack", "categories.json", "summary.json"):
-                    if os.path.exists(os.path.join(d, stale)):
-                        os.remove(os.path.join(d, stale))
-                seed_config = dataclasses.replace(config, seed=config.seed + dirs.index(d), seeds=1) \
-                    if config.seeds > 1 else config
-                files.write_json(os.path.join(d, "config.json"), dataclasses.asdict(seed_config))
+            _write_configs(out, config)
     except BaseException:
         if checkpoints is not None:
             checkpoints.close()  # orbax's manager holds threads; a refused resume must not leak them
@@ -582,6 +572,70 @@ def train(config: TrainConfig, out: str | None = None, progress: Callable[[dict]
             one = state if config.seeds == 1 else jax.tree.map(lambda x: x[s], state)
             _save(d, config, one, histories[s], time.perf_counter() - started)
     return state, histories
+
+
+# What :func:`_save` writes at the end of a run, each seed's: stale once the run goes on.
+FINAL_OUTPUTS = ("params.msgpack", "category_params.msgpack", "categories.json", "summary.json")
+
+
+def _write_configs(out: str, config: TrainConfig) -> None:
+    """Writes the run's config files (``run_config.json`` and each seed's ``config.json``)
+    and removes each seed's final outputs of an earlier, shorter run."""
+    os.makedirs(out, exist_ok=True)
+    if config.seeds > 1:
+        files.write_json(os.path.join(out, "run_config.json"), dataclasses.asdict(config))
+    for s, d in enumerate(seed_dirs(out, config)):
+        os.makedirs(d, exist_ok=True)
+        for stale in FINAL_OUTPUTS:
+            if os.path.exists(os.path.join(d, stale)):
+                os.remove(os.path.join(d, stale))
+        seed_config = dataclasses.replace(config, seed=config.seed + s, seeds=1) if config.seeds > 1 else config
+        files.write_json(os.path.join(d, "config.json"), dataclasses.asdict(seed_config))
+
+
+def extend(out: str, iterations: int, writer: bool = True) -> TrainConfig:
+    """Sets the run in ``out`` to ``iterations`` outer iterations in all; returns its new config.
+
+    K_out is the one setting a run may change midway. No part of an outer iteration
+    reads it: each iteration's keys are folded from the seed and the iteration index,
+    and no step size or classification schedule depends on how many iterations follow.
+    So a run of K iterations, extended to K' > K and resumed (:func:`train` with
+    ``resume=True``), ends bit for bit as a run started with K' would. A still
+    unfinished run may be shortened too, down to its newest checkpoint.
+
+    Rewrites the config files (``run_config.json`` and each seed's ``config.json``) and
+    removes each seed's final outputs (:data:`FINAL_OUTPUTS`): until the run reaches its
+    new end it is an unfinished run, which ``maml2 evaluate`` refuses.
+
+    Args:
+      out: a ``train`` output directory.
+      iterations: K', the run's new number of outer iterations.
+      writer: False for every process of a multi-process run but process 0 (it only
+        computes the new config).
+
+    Raises:
+      ConfigError: ``out`` is not a run, or ``iterations`` is not a positive integer
+        or lies below the newest checkpoint's iteration.
+    """
+    check_positive_int("--outer-iterations", iterations)
+    config = load_config(out)
+    directory = os.path.join(out, CHECKPOINT_DIR)
+    done = 0
+    if os.path.isdir(directory):
+        checkpoints = Checkpoints(directory)
+        try:
+            done = checkpoints.latest() or 0
+        finally:
+            checkpoints.close()
+    if iterations < done:
+        raise ConfigError(f"--outer-iterations {iterations}: the run in {out} has a checkpoint after {done} outer "
+                          f"iterations; give at least {done}")
+    if iterations == config.iterations:
+        return config
+    config = dataclasses.replace(config, meta=dataclasses.replace(config.meta, outer_iterations=iterations))
+    if writer:
+        _write_configs(out, config)
+    return config
 
 
 def _save(out: str, config: TrainConfig, state: RunState, history: list[dict], seconds: float) -> None:

@@ -56,6 +56,10 @@ def test_ctrl_c_during_compilation_is_one_line_and_the_run_resumes(tmp_path):
     assert cli.main(["train", "--resume", str(out), "--quiet"]) == 0
     assert [json.loads(r)["iteration"] for r in (out / "metrics.jsonl").read_text().splitlines()] == [0, 1]
     assert (out / "params.msgpack").exists()
+    # A finished run goes on for longer when --resume is given a new count (here by its old name).
+    assert cli.main(["train", "--resume", str(out), "--quiet", "--iterations", "3"]) == 0
+    assert [json.loads(r)["iteration"] for r in (out / "metrics.jsonl").read_text().splitlines()] == [0, 1, 2]
+    assert json.loads((out / "summary.json").read_text())["iterations"] == 3
 
 
 @pytest.mark.slow  # a subprocess that must get past compilation first
@@ -65,7 +69,7 @@ def test_ctrl_c_during_training_resumes_from_the_last_checkpoint(tmp_path):
     _wait_for(lambda: os.path.isdir(out / "checkpoint") and any(n.isdigit() for n in os.listdir(out / "checkpoint")))
     line = _interrupt(process, err, reader)
     assert "after outer iteration" in line
-    # The settings are the run's own: a resume that tries to change one is refused.
+    # A run cannot be shortened below its newest checkpoint (at 50 or later).
     assert cli.main(["train", "--resume", str(out), "--quiet", "--outer-iterations", "5"]) == 2
     assert cli.main(["train", "--resume", str(out), "--quiet"]) == 0
     rows = [json.loads(r) for r in (out / "metrics.jsonl").read_text().splitlines()]

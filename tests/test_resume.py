@@ -54,6 +54,24 @@ def test_paused_and_resumed_run_equals_the_uninterrupted_one(tmp_path, algo, rul
     assert int(state.iteration) == int(state_full.iteration) == 5
 
 
+def test_an_extended_run_equals_one_started_with_the_longer_schedule(tmp_path):
+    # Classifying every 2 iterations: the extension (3 -> 5) crosses a classification
+    # (at 4) that the short run never made.
+    long, short = str(tmp_path / "long"), str(tmp_path / "short")
+    deep_training.train(_config("maml2", iterations=5, rule="adam"), long)
+    deep_training.train(_config("maml2", iterations=3, rule="adam"), short)
+    assert _outputs(short) and _outputs(short) != _outputs(long)
+    config = deep_training.extend(short, 5)
+    assert config == _config("maml2", iterations=5, rule="adam") == deep_training.load_config(short)
+    assert not _outputs(short)  # the 3-iteration θ is gone: the run is unfinished until it reaches 5
+    state, _ = deep_training.train(config, short, resume=True)
+    assert int(state.iteration) == 5
+    assert _rows(os.path.join(long, "metrics.jsonl")) == _rows(os.path.join(short, "metrics.jsonl"))
+    assert _outputs(long) == _outputs(short) and len(_outputs(long)) == 3
+    with pytest.raises(ConfigError, match="checkpoint after 5 outer iterations; give at least 5"):
+        deep_training.extend(short, 4)
+
+
 def test_a_damaged_checkpoint_is_refused_in_one_line(tmp_path):
     config = _config("maml", iterations=2)
     run = str(tmp_path / "run")
