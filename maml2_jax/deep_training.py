@@ -482,7 +482,8 @@ def train(config: TrainConfig, out: str | None = None, progress: Callable[[dict]
       out: output directory, or None for no files.
       progress: called with each iteration's row (seed 0's with several seeds).
       resume: continue from the newest checkpoint in ``out`` (its ``config.json``
-        must equal ``config``); a run stopped before its first checkpoint starts over.
+        must equal ``config``; :func:`extend` rewrites it for a new number of outer
+        iterations); a run stopped before its first checkpoint starts over.
       stop_after: stop after this many outer iterations in all (a pause; resume later).
       notify: called with a line about each phase ("compiling …", "compiled in …").
       tensorboard: also write TensorBoard event files.
