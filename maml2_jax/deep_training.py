@@ -581,7 +581,8 @@ FINAL_OUTPUTS = ("params.msgpack", "category_params.msgpack", "categories.json",
 
 def _write_configs(out: str, config: TrainConfig) -> None:
     """Writes the run's config files (``run_config.json`` and each seed's ``config.json``)
-    and removes each seed's final outputs of an earlier, shorter run."""
+    and removes each seed's final outputs of an earlier run (or of the same run before
+    :func:`extend` lengthened it)."""
     os.makedirs(out, exist_ok=True)
     if config.seeds > 1:
         files.write_json(os.path.join(out, "run_config.json"), dataclasses.asdict(config))

@@ -72,6 +72,21 @@ def test_an_extended_run_equals_one_started_with_the_longer_schedule(tmp_path):
         deep_training.extend(short, 4)
 
 
+def test_an_extended_run_of_several_seeds_equals_the_longer_one(tmp_path):
+    def config(iterations):
+        return dataclasses.replace(_config("maml", iterations=iterations, rule="adam"), seeds=2)
+
+    long, short = str(tmp_path / "long"), str(tmp_path / "short")
+    deep_training.train(config(2), long)
+    deep_training.train(config(1), short)
+    assert deep_training.extend(short, 2) == config(2) == deep_training.load_config(short)
+    deep_training.train(config(2), short, resume=True)
+    for a, b in zip(deep_training.seed_dirs(long, config(2)), deep_training.seed_dirs(short, config(2))):
+        assert deep_training.load_config(a) == deep_training.load_config(b)
+        assert _rows(os.path.join(a, "metrics.jsonl")) == _rows(os.path.join(b, "metrics.jsonl"))
+        assert _outputs(a) == _outputs(b) and len(_outputs(a)) == 1
+
+
 def test_a_damaged_checkpoint_is_refused_in_one_line(tmp_path):
     config = _config("maml", iterations=2)
     run = str(tmp_path / "run")
