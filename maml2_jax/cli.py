@@ -691,8 +691,7 @@ def run_evaluate(args, explicit, status) -> None:
                                            args.num_trajectories)
     with tqdm(total=len(runs), desc="evaluating runs", unit="run", disable=args.quiet, file=sys.stderr) as bar:
         summary = deep_evaluation.evaluate(runs, args.tasks, args.steps, args.seed, progress=lambda _: bar.update(),
-                                           loaded=loaded, reset_rule=args.reset_rule,
-                                           num_trajectories=args.num_trajectories)
+                                           loaded=loaded, reset_rule=args.reset_rule)  # loaded holds the batch
     print(deep_evaluation.table(summary))
     os.makedirs(args.out, exist_ok=True)
     files.write_json(os.path.join(args.out, "config.json"),
