@@ -28,6 +28,7 @@ import contextlib
 import copy
 import dataclasses
 import io
+import json
 import os
 import signal
 import sys
@@ -35,7 +36,7 @@ import threading
 import time
 import warnings
 
-from maml2_jax.errors import ConfigError
+from maml2_jax.errors import ConfigError, check_path, first_line
 
 
 class _Parser(argparse.ArgumentParser):
@@ -459,8 +460,12 @@ def _add_reset_rule(p) -> None:
 def _add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="adapt trained runs, MAML² without reset and learning from scratch "
                                         "on fresh tasks; per category")
-    p.add_argument("runs", help="a training run directory, or a directory of runs (each one seed)")
+    p.add_argument("runs", nargs="?", help="a training run directory, or a directory of runs (each one seed)")
     p.add_argument("--out", required=True, help="output directory: summary.json, adaptation.png")
+    p.add_argument("--pool", nargs="+", metavar="EVALUATION",
+                   help="instead of runs: earlier evaluate outputs of other runs on the same test tasks (same "
+                        "--tasks, --steps, --seed, --reset-rule, --num-trajectories), pooled into one summary "
+                        "without adapting anything again; e.g. seeds trained later added to an evaluation")
     p.add_argument("--tasks", type=int, default=40, help="test tasks (default %(default)s)")
     p.add_argument("--steps", type=int, default=3, help="adaptation steps (default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of the test tasks and rollouts (default %(default)s)")
@@ -681,9 +686,14 @@ def run_evaluate(args, explicit, status) -> None:
     """Impure: evaluates with a progress bar on stderr, prints a table, writes the outputs."""
     from tqdm import tqdm
 
-    from maml2_jax import deep_evaluation, plotting
+    from maml2_jax import deep_evaluation
     from maml2_jax.io import files
 
+    if args.pool:
+        _pool_evaluations(args, explicit)
+        return
+    if args.runs is None:
+        raise ConfigError("give a run directory to evaluate (or --pool EVALUATION ...)")
     runs = deep_evaluation.find_runs(args.runs, args.out)
     files.claim_directory(args.out, EVALUATE_OUTPUTS, args.overwrite)
     with _silenced():  # brax families print chatter while the runs load; a damaged run is refused here
@@ -693,13 +703,52 @@ def run_evaluate(args, explicit, status) -> None:
         summary = deep_evaluation.evaluate(runs, args.tasks, args.steps, args.seed, progress=lambda _: bar.update(),
                                            loaded=loaded, reset_rule=args.reset_rule)  # loaded holds the batch
     print(deep_evaluation.table(summary))
-    os.makedirs(args.out, exist_ok=True)
-    files.write_json(os.path.join(args.out, "config.json"),
-                     {"runs": runs, "tasks": args.tasks, "steps": args.steps, "seed": args.seed,
-                      "reset_rule": args.reset_rule, "num_trajectories": args.num_trajectories})
-    files.write_atomically(os.path.join(args.out, "adaptation.png"), lambda tmp: plotting.return_figure(summary, tmp))
-    files.write_json(os.path.join(args.out, "summary.json"), summary)
-    print(f"wrote {args.out}/summary.json and adaptation.png")
+    _write_evaluation(args.out, summary, {"runs": runs, "tasks": args.tasks, "steps": args.steps, "seed": args.seed,
+                                          "reset_rule": args.reset_rule, "num_trajectories": args.num_trajectories})
+
+
+def _pool_evaluations(args, explicit) -> None:
+    """Impure: ``maml2 evaluate --pool``: reads earlier evaluations, writes their pooled one."""
+    from maml2_jax import deep_evaluation
+    from maml2_jax.io import files
+
+    settings = sorted(set(explicit) & {"tasks", "steps", "seed", "reset_rule", "num_trajectories"})
+    if args.runs is not None or settings:
+        flag = args.runs if args.runs is not None else "--" + settings[0].replace("_", "-")
+        raise ConfigError(f"{flag}: --pool reads the runs and settings from the evaluations it pools; drop {flag}")
+    configs, summaries = [], []
+    for path in args.pool:
+        check_path("--pool", path)
+        for name, into in (("config.json", configs), ("summary.json", summaries)):
+            try:
+                with open(os.path.join(path, name), encoding="utf-8") as f:
+                    into.append(json.load(f))
+            except (OSError, ValueError) as error:
+                raise ConfigError(f"--pool: {path} is not a maml2 evaluate output ({name}: "
+                                  f"{first_line(error)})") from None
+        if not isinstance(configs[-1], dict) or "runs" not in configs[-1]:
+            raise ConfigError(f"--pool: {path} is not a maml2 evaluate output")
+        if os.path.realpath(path) == os.path.realpath(args.out):
+            raise ConfigError(f"--out: {args.out} is one of the pooled evaluations; write the pool elsewhere")
+    summary = deep_evaluation.pool(summaries)
+    files.claim_directory(args.out, EVALUATE_OUTPUTS, args.overwrite)
+    print(deep_evaluation.table(summary))
+    _write_evaluation(args.out, summary, {
+        "runs": [run for config in configs for run in config["runs"]], "pooled": list(args.pool),
+        "tasks": sum(summary["categories"].values()), "steps": summary["steps"], "seed": summary["seed"],
+        "reset_rule": summary["reset_rule"], "num_trajectories": configs[0].get("num_trajectories")})
+
+
+def _write_evaluation(out: str, summary: dict, config: dict) -> None:
+    """Impure: an evaluation's outputs, config.json, adaptation.png and summary.json."""
+    from maml2_jax import plotting
+    from maml2_jax.io import files
+
+    os.makedirs(out, exist_ok=True)
+    files.write_json(os.path.join(out, "config.json"), config)
+    files.write_atomically(os.path.join(out, "adaptation.png"), lambda tmp: plotting.return_figure(summary, tmp))
+    files.write_json(os.path.join(out, "summary.json"), summary)
+    print(f"wrote {out}/summary.json and adaptation.png")
 
 
 def _stderr(quiet: bool):

@@ -14,7 +14,8 @@ every method on the same fresh test tasks:
 
 Each run is a seed; per category (the family's ground truth) the summary holds the
 mean over seeds of the per-seed mean return, its 95% band and the seed-to-seed
-standard deviation.
+standard deviation. ``pool(summaries)`` joins evaluations of other runs on the same
+tasks into the summary of one evaluation of them all.
 """
 
 from __future__ import annotations
@@ -234,23 +235,103 @@ def evaluate(run_dirs: list[str], num_tasks: int = 40, steps: int = 3, seed: int
                "num_trajectories": {path: config.inner.num_trajectories for path, (config, *_) in zip(run_dirs, loaded)},
                "categories": {str(c): int(np.sum(truth == c)) for c in categories},
                "runs": {m: r for m, r in runs.items() if r},
-               "mean_return": {}, "ci95": {}, "seed_std": {}, "per_seed": {}, "chosen": chosen}
-    summary["tendency_accuracy"] = {t: counts.get(t, 0) / sum(counts.values()) for t, counts in chosen.items()}
+               "per_seed": {}, "chosen": chosen}
     for method, curves in per_task.items():
-        if not curves:
-            continue
-        curves = np.asarray(curves, np.float64)  # [seeds, T, steps + 1]
-        for name in ("mean_return", "ci95", "seed_std", "per_seed"):
-            summary[name][method] = {}
-        for c in categories:
-            per_seed = curves[:, truth == c].mean(axis=1)  # [seeds, steps + 1]
+        if curves:
+            curves = np.asarray(curves, np.float64)  # [seeds, T, steps + 1]
+            summary["per_seed"][method] = {str(c): curves[:, truth == c].mean(axis=1).tolist() for c in categories}
+    return _statistics(summary)
+
+
+def _statistics(summary: dict) -> dict:
+    """Fills ``summary``'s ``mean_return``, ``ci95``, ``seed_std`` and ``tendency_accuracy``
+    from its ``per_seed`` and ``chosen``: what :func:`evaluate` and :func:`pool` share,
+    so a pooled summary is computed exactly as one evaluation of all its runs."""
+    summary["tendency_accuracy"] = {t: counts.get(t, 0) / sum(counts.values())
+                                    for t, counts in summary["chosen"].items()}
+    for name in ("mean_return", "ci95", "seed_std"):
+        summary[name] = {method: {} for method in summary["per_seed"]}
+    for method, by_category in summary["per_seed"].items():
+        for c, rows in by_category.items():
+            per_seed = np.asarray(rows, np.float64)  # [seeds, steps + 1]
             mean, half = band(per_seed)
             std = per_seed.std(axis=0, ddof=1) if per_seed.shape[0] > 1 else np.zeros_like(mean)
-            summary["mean_return"][method][str(c)] = mean.tolist()
-            summary["ci95"][method][str(c)] = half.tolist()
-            summary["seed_std"][method][str(c)] = std.tolist()
-            summary["per_seed"][method][str(c)] = per_seed.tolist()
+            summary["mean_return"][method][c] = mean.tolist()
+            summary["ci95"][method][c] = half.tolist()
+            summary["seed_std"][method][c] = std.tolist()
     return summary
+
+
+# What two evaluations must share to be pooled (the same family, test tasks, rollout keys
+# and protocol), with the words a refusal uses for each.
+POOL_KEYS = {"env": "task families", "steps": "adaptation steps", "seed": "seeds", "reset_rule": "reset rules",
+             "categories": "test tasks per category"}
+
+
+def pool(summaries: list[dict]) -> dict:
+    """One summary from evaluations of disjoint runs on the same test tasks, equal to
+    :func:`evaluate` of all their runs in the same order.
+
+    An evaluation's test tasks are drawn from ``key(seed)`` and its rollouts from
+    ``key(seed + 1)`` alone, and each run is adapted on its own, so the per-seed curves of
+    runs evaluated apart are those of one joint evaluation. Seeds trained later can be
+    added to an earlier evaluation without adapting its runs again.
+
+    Args:
+      summaries: :func:`evaluate` outputs (``summary.json``), at least one.
+
+    Returns:
+      the summary of all runs: per-seed rows concatenated in the given order, ``chosen``
+      counts added, means, 95% bands and seed-to-seed spreads recomputed. Learning from
+      scratch is one fresh policy per seed: a seed in several summaries counts once
+      (its first row).
+
+    Raises:
+      ConfigError: summaries that differ in task family, adaptation steps, seed, reset
+        rule, test tasks per category or trajectories per step, or a run in more than
+        one of them.
+    """
+    if not summaries:
+        raise ConfigError("no evaluations to pool")
+    for summary in summaries:
+        missing = [k for k in (*POOL_KEYS, "num_trajectories", "runs", "per_seed", "chosen")
+                   if not isinstance(summary, dict) or k not in summary]
+        if missing:
+            raise ConfigError(f"an evaluation without {missing[0]!r} cannot be pooled (an older maml2 evaluate "
+                              "wrote it?); evaluate its runs again")
+    first = summaries[0]
+    for other in summaries[1:]:
+        for name, words in POOL_KEYS.items():
+            if other.get(name) != first.get(name):
+                raise ConfigError(f"evaluations with different {words} cannot be pooled: {first.get(name)!r} "
+                                  f"and {other.get(name)!r}")
+        batches = [sorted(set(s["num_trajectories"].values())) for s in (first, other)]
+        if batches[0] != batches[1]:
+            raise ConfigError(f"evaluations with different trajectories per adaptation step cannot be pooled: "
+                              f"{batches[0]} and {batches[1]}")
+    pooled = {name: first[name] for name in POOL_KEYS}
+    pooled.update(num_trajectories={}, runs={}, per_seed={}, chosen={})
+    seen = set()  # every run's real path
+    for summary in summaries:
+        for path in summary["num_trajectories"]:
+            if os.path.realpath(path) in seen:
+                raise ConfigError(f"the run {path} is in more than one evaluation; pool each run once")
+            seen.add(os.path.realpath(path))
+        pooled["num_trajectories"].update(summary["num_trajectories"])
+        for method, names in summary["runs"].items():
+            rows = summary["per_seed"][method]
+            for i, name in enumerate(names):
+                if method == "lfs" and name in pooled["runs"].get("lfs", []):
+                    continue  # the same seed's fresh policy on the same tasks: counted once, as evaluate does
+                pooled["runs"].setdefault(method, []).append(name)
+                by_category = pooled["per_seed"].setdefault(method, {})
+                for c in rows:
+                    by_category.setdefault(c, []).append(rows[c][i])
+        for truth, counts in summary["chosen"].items():
+            into = pooled["chosen"].setdefault(truth, {})
+            for picked, count in counts.items():
+                into[picked] = into.get(picked, 0) + count
+    return _statistics(pooled)
 
 
 def table(summary: dict) -> str:

@@ -122,3 +122,67 @@ def test_runs_of_different_families_are_refused(runs, tmp_path):
     other = _train(tmp_path / "uniform", "maml", 3, env="nav2d")
     with pytest.raises(ConfigError, match="different task families"):
         deep_evaluation.evaluate([str(runs / "maml-s1"), other], TASKS, STEPS)
+
+
+def test_pooled_evaluations_equal_one_evaluation_of_all_runs(runs):
+    # Each run is adapted on its own with the tasks of key(seed) and the rollouts of
+    # key(seed + 1): evaluating the runs in two parts and pooling is the same
+    # computation as evaluating them together, compared exactly.
+    every = deep_evaluation.find_runs(str(runs))  # maml-s1, maml2-s1, maml2-s2
+    joint = deep_evaluation.evaluate(every, TASKS, STEPS)
+    # split 1: seed 1's learning from scratch is in both parts and counts once.
+    for split in (1, 2):
+        parts = [deep_evaluation.evaluate(every[:split], TASKS, STEPS),
+                 deep_evaluation.evaluate(every[split:], TASKS, STEPS)]
+        assert parts[0]["per_seed"] != joint["per_seed"]
+        assert deep_evaluation.pool(parts) == joint
+    assert joint["runs"]["lfs"] == ["seed 1", "seed 2"]
+
+
+def test_evaluations_that_differ_are_not_pooled(runs):
+    one, two = str(runs / "maml2-s1"), str(runs / "maml2-s2")
+    base = deep_evaluation.evaluate([one], TASKS, STEPS)
+    # pool reads only the summaries: the second evaluation is base's, of another run, with one setting changed.
+    other = json.loads(json.dumps(base).replace(one, two))
+    assert deep_evaluation.pool([base, other])["runs"]["maml2"] == [one, two]
+    for change, match in (({"seed": 1}, "different seeds"),
+                          ({"reset_rule": "carry"}, "different reset rules"),
+                          ({"steps": STEPS + 1}, "different adaptation steps"),
+                          ({"env": "nav2d"}, "different task families"),
+                          ({"num_trajectories": {two: 8}}, "different trajectories per adaptation step"),
+                          ({"categories": {"0": 5, "1": 3, "2": 1}}, "different test tasks per category")):
+        with pytest.raises(ConfigError, match=match):
+            deep_evaluation.pool([base, {**other, **change}])
+    with pytest.raises(ConfigError, match="more than one evaluation"):
+        deep_evaluation.pool([base, base])
+    older = {k: v for k, v in other.items() if k != "num_trajectories"}  # summaries before the test-time batch
+    with pytest.raises(ConfigError, match="without 'num_trajectories' cannot be pooled"):
+        deep_evaluation.pool([base, older])
+    with pytest.raises(ConfigError, match="no evaluations"):
+        deep_evaluation.pool([])
+
+
+def test_evaluate_pool_writes_the_joint_evaluation(runs, tmp_path, capsys):
+    one, two = str(runs / "maml2-s1"), str(runs / "maml2-s2")
+    flags = ["--tasks", str(TASKS), "--steps", str(STEPS), "--quiet"]
+    for name, run in (("a", one), ("b", two)):
+        assert cli.main(["evaluate", run, "--out", str(tmp_path / name), *flags]) == 0
+    out = tmp_path / "pooled"
+    pooled_dirs = [str(tmp_path / "a"), str(tmp_path / "b")]
+    assert cli.main(["evaluate", "--pool", *pooled_dirs, "--out", str(out), "--quiet"]) == 0
+    assert json.loads((out / "summary.json").read_text()) == deep_evaluation.evaluate([one, two], TASKS, STEPS)
+    config = json.loads((out / "config.json").read_text())
+    assert config["runs"] == [one, two] and config["pooled"] == pooled_dirs and config["tasks"] == TASKS
+    assert (out / "adaptation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    capsys.readouterr()
+    # The pooled settings come from the evaluations; anything else is refused before writing.
+    for argv, match in ((["--pool", pooled_dirs[0], "--tasks", "8"], "--tasks: --pool reads"),
+                        ([one, "--pool", pooled_dirs[0]], "--pool reads the runs"),
+                        ([], "give a run directory"),
+                        (["--pool", one], "is not a maml2 evaluate output"),
+                        (["--pool", pooled_dirs[0], pooled_dirs[0]], "more than one evaluation")):
+        assert cli.main(["evaluate", *argv, "--out", str(tmp_path / "refused")]) == 2
+        assert match in capsys.readouterr().err
+    assert not (tmp_path / "refused").exists()
+    assert cli.main(["evaluate", "--pool", *pooled_dirs, "--out", pooled_dirs[0]]) == 2
+    assert "is one of the pooled evaluations" in capsys.readouterr().err
