@@ -28,7 +28,6 @@ import contextlib
 import copy
 import dataclasses
 import io
-import json
 import os
 import signal
 import sys
@@ -36,7 +35,7 @@ import threading
 import time
 import warnings
 
-from maml2_jax.errors import ConfigError, check_path, first_line
+from maml2_jax.errors import ConfigError, check_path
 
 
 class _Parser(argparse.ArgumentParser):
@@ -709,7 +708,7 @@ def run_evaluate(args, explicit, status) -> None:
 
 def _pool_evaluations(args, explicit) -> None:
     """Impure: ``maml2 evaluate --pool``: reads earlier evaluations, writes their pooled one."""
-    from maml2_jax import deep_evaluation
+    from maml2_jax import deep_evaluation, deep_training
     from maml2_jax.io import files
 
     settings = sorted(set(explicit) & {"tasks", "steps", "seed", "reset_rule", "num_trajectories"})
@@ -719,15 +718,11 @@ def _pool_evaluations(args, explicit) -> None:
     configs, summaries = [], []
     for path in args.pool:
         check_path("--pool", path)
-        for name, into in (("config.json", configs), ("summary.json", summaries)):
-            try:
-                with open(os.path.join(path, name), encoding="utf-8") as f:
-                    into.append(json.load(f))
-            except (OSError, ValueError) as error:
-                raise ConfigError(f"--pool: {path} is not a maml2 evaluate output ({name}: "
-                                  f"{first_line(error)})") from None
-        if not isinstance(configs[-1], dict) or "runs" not in configs[-1]:
+        config = deep_training.read_json(os.path.join(path, "config.json"))
+        if not isinstance(config, dict) or "runs" not in config:
             raise ConfigError(f"--pool: {path} is not a maml2 evaluate output")
+        configs.append(config)
+        summaries.append(deep_training.read_json(os.path.join(path, "summary.json")))
         if os.path.realpath(path) == os.path.realpath(args.out):
             raise ConfigError(f"--out: {args.out} is one of the pooled evaluations; write the pool elsewhere")
     summary = deep_evaluation.pool(summaries)

@@ -671,7 +671,7 @@ def load_config(out: str) -> TrainConfig:
 
 
 def _read_config(path: str) -> TrainConfig:
-    data = _read_json(path)
+    data = read_json(path)
     if isinstance(data, dict) and not {"env", "algo"} <= set(data):
         raise ConfigError(f"{path} is not a training run's config (it has no env or algo)")
     try:
@@ -680,7 +680,7 @@ def _read_config(path: str) -> TrainConfig:
         raise ConfigError(f"{path}: {error}") from None
 
 
-def _read_json(path: str):
+def read_json(path: str):
     """The strict-JSON content of ``path``; ConfigError naming the file if it is not that."""
 
     def refuse(token):
@@ -761,7 +761,7 @@ def _check_categories(path: str, config: TrainConfig, num_truth: int) -> None:
     """ConfigError unless ``path`` is a MAML² run's ``categories.json`` matching ``config``."""
     if not os.path.isfile(path):
         raise ConfigError(f"{path} is missing: not a complete MAML² run")
-    record = _read_json(path)
+    record = read_json(path)
 
     def labels(value, bound) -> bool:
         return isinstance(value, list) and len(value) == config.pool_size and all(
