@@ -80,21 +80,20 @@ def main():
     args = parser.parse_args()
 
     rows = []
+
+    def write(finished):
+        # After every row too: a run stopped part-way keeps what it measured.
+        common.save({"benchmark": "brax_backends", **common.machine(), "envs": args.envs, "steps": args.steps,
+                     "repeats": args.repeats, "finished": finished, "results": rows}, args.out, quiet=not finished)
+
     print(f"{'family':<18}{'backend':<13}{'compile s':>10}{'steps/s':>10}")
     for name in args.families:
         for backend in args.backends:
             row = measure(name, backend, args.envs, args.steps, args.repeats, args.seed)
             rows.append(row)
             print(f"{name:<18}{backend:<13}{row['compile_seconds']:>10.1f}{row['steps_per_second']:>10.0f}", flush=True)
-    result = {
-        "benchmark": "brax_backends",
-        **common.machine(),
-        "envs": args.envs,
-        "steps": args.steps,
-        "repeats": args.repeats,
-        "results": rows,
-    }
-    common.save(result, args.out)
+            write(finished=False)
+    write(finished=True)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ import platform
 
 import jax
 
+from maml2_jax.io import files
+
 
 def machine() -> dict:
     """The device kind and count, the host and the JAX version."""
@@ -20,9 +22,15 @@ def machine() -> dict:
     }
 
 
-def save(result: dict, path: str) -> None:
-    """Writes ``result`` as JSON to ``path`` (folders created) and says so."""
+def save(result: dict, path: str, quiet: bool = False) -> None:
+    """Writes ``result`` as JSON to ``path`` (folders created; replaced whole, so a run
+    stopped mid-write leaves the previous file) and says so unless ``quiet``."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(result, f, indent=1)
-    print(f"wrote {path}")
+
+    def write(tmp):
+        with open(tmp, "w") as f:
+            json.dump(result, f, indent=1)
+
+    files.write_atomically(path, write)
+    if not quiet:
+        print(f"wrote {path}")

@@ -229,6 +229,15 @@ def main():
                 refused.append({"tasks": count, "seeds": seeds, "refused": str(error)})
                 say(f"refused: {count} tasks x {seeds} seeds: {error}", flush=True)
     rows = []
+
+    def write(ppo, finished):
+        # After every row too: a run stopped part-way (a time limit on a lent machine)
+        # keeps the sizes it measured.
+        if lead:
+            common.save({"benchmark": "throughput", **common.machine(), "processes": jax.process_count(),
+                         "env": args.env, "backend": backend, "args": vars(args), "finished": finished, "rows": rows,
+                         "refused": refused, "brax_ppo": ppo}, args.out, quiet=not finished)
+
     say(f"{'tasks':>6} {'seeds':>5} {'devices':>7} {'compile s':>10} {'s/iter':>8} {'meta-train steps/s':>19} "
           f"{'ceiling steps/s':>16} {'ratio':>6} {'memory MiB':>11}")
     for config, mesh in planned:
@@ -239,6 +248,7 @@ def main():
               f"{row['seconds_per_iteration']:>8.3f} {row['env_steps_per_second']:>19,.0f} "
               f"{row['ceiling']['env_steps_per_second']:>16,.0f} {row['ratio_to_ceiling']:>6.2f} "
               f"{(memory or 0) / 2**20:>11,.0f}", flush=True)
+        write(None, finished=False)
     ppo = None
     if args.ppo_envs:
         devices = rows[0]["devices_used"] if rows else (args.devices or jax.device_count())
@@ -248,10 +258,7 @@ def main():
         share = f", meta-training's best is {best / ppo['env_steps_per_second']:.0%} of it" if best else ""
         say(f"brax PPO ({robot}, {backend}, {args.ppo_envs} envs): {ppo['env_steps_per_second']:,.0f} env-steps/s"
               f"{share}", flush=True)
-    if lead:
-        common.save({"benchmark": "throughput", **common.machine(), "processes": jax.process_count(), "env": args.env,
-                     "backend": backend, "args": vars(args), "rows": rows, "refused": refused, "brax_ppo": ppo},
-                    args.out)
+    write(ppo, finished=True)
     if refused and not rows:
         raise SystemExit("every size was refused (above): nothing was measured")
 

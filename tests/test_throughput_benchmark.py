@@ -1,9 +1,11 @@
-"""benchmarks/throughput.py refuses a size that cannot fit before compiling anything."""
+"""benchmarks/throughput.py: a size that cannot fit is refused before compiling anything; a sweep
+stopped part-way keeps what it measured."""
 
 import json
 import os
 import subprocess
 import sys
+import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -25,3 +27,29 @@ def test_a_size_that_cannot_fit_is_refused_before_compiling(tmp_path):
     result = json.loads(out.read_text())
     assert result["rows"] == [] and result["brax_ppo"] is None
     assert result["refused"][0]["tasks"] == 4096 and "needs at least" in result["refused"][0]["refused"]
+
+
+def test_a_sweep_stopped_part_way_keeps_the_sizes_it_measured(tmp_path):
+    # A lent GPU runs the sweep under a time limit: the JSON is written after every
+    # size, so a run killed during the second size still holds the first.
+    out = tmp_path / "throughput.json"
+    command = [sys.executable, os.path.join(ROOT, "benchmarks", "throughput.py"), "--sweep", "2,4", "--seeds", "1",
+               "--trajectories", "2", "--horizon", "5", "--iterations", "1", "--out", str(out)]
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        for line in proc.stdout:  # the table's first row: the 2-task size is measured
+            if line.split()[:2] == ["2", "1"]:
+                break
+        else:
+            raise AssertionError("the first size was never measured")
+        deadline = time.monotonic() + 60
+        while not out.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        proc.kill()
+        proc.wait()
+    result = json.loads(out.read_text())
+    assert result["finished"] is False
+    assert [(row["tasks"], row["seeds"]) for row in result["rows"]] == [(2, 1)]
+    assert result["rows"][0]["env_steps_per_second"] > 0
