@@ -33,8 +33,8 @@ def test_a_sweep_stopped_part_way_keeps_the_sizes_it_measured(tmp_path):
     # A lent GPU runs the sweep under a time limit: the JSON is written after every
     # size, so a run killed during the second size still holds the first.
     out = tmp_path / "throughput.json"
-    command = [sys.executable, os.path.join(ROOT, "benchmarks", "throughput.py"), "--sweep", "2,4", "--seeds", "1",
-               "--trajectories", "2", "--horizon", "5", "--iterations", "1", "--out", str(out)]
+    command = [sys.executable, os.path.join(ROOT, "benchmarks", "throughput.py"), "--env", "nav2d", "--sweep", "2,4",
+               "--seeds", "1", "--trajectories", "2", "--horizon", "5", "--iterations", "1", "--out", str(out)]
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
