@@ -148,6 +148,14 @@ def measure(config: deep_training.TrainConfig, mesh, count: int, key) -> dict:
             "ceiling": ceiling, "ratio_to_ceiling": (steps / median) / ceiling["env_steps_per_second"]}
 
 
+def put_replicated(tree, devices):
+    """``x`` of every leaf stacked ``len(devices)`` times, slice ``i`` on ``devices[i]``:
+    what ``jax.device_put_replicated`` gave (the input ``jax.pmap`` expects)."""
+    mesh = jax.sharding.Mesh(devices, ("replica",))
+    split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("replica"))
+    return jax.tree.map(lambda x: jax.device_put(jnp.stack([jnp.asarray(x)] * len(devices)), split), tree)
+
+
 def brax_ppo(robot: str, backend: str, num_envs: int, episode_length: int, devices: int, epochs: int = 3,
              warmup: int = 2) -> dict:
     """Env-steps/s of brax's PPO trainer on ``robot``'s brax environment (impure: trains).
@@ -162,9 +170,10 @@ def brax_ppo(robot: str, backend: str, num_envs: int, episode_length: int, devic
     from jax._src import api as jax_api
 
     # brax 0.14.2's PPO still calls jax.device_put_replicated, which jax 0.10 took out of
-    # its public namespace (the function itself is unchanged inside jax).
+    # its public namespace (the function itself is unchanged inside jax 0.10; a later jax
+    # that drops it there too gets the equivalent below).
     if not hasattr(jax, "device_put_replicated"):
-        jax.device_put_replicated = jax_api.device_put_replicated
+        jax.device_put_replicated = getattr(jax_api, "device_put_replicated", put_replicated)
 
     if num_envs % 4 or num_envs % devices:
         raise ConfigError(f"--ppo-envs must be a multiple of 4 and of the {devices} devices, got {num_envs}")

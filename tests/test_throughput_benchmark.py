@@ -1,5 +1,6 @@
 """benchmarks/throughput.py: a size that cannot fit is refused before compiling anything; a sweep
-stopped part-way keeps what it measured."""
+stopped part-way keeps what it measured; the PPO yardstick's stand-in for a jax function it
+needs places arrays as jax did."""
 
 import json
 import os
@@ -53,3 +54,32 @@ def test_a_sweep_stopped_part_way_keeps_the_sizes_it_measured(tmp_path):
     assert result["finished"] is False
     assert [(row["tasks"], row["seeds"]) for row in result["rows"]] == [(2, 1)]
     assert result["rows"][0]["env_steps_per_second"] > 0
+
+
+def test_the_stand_in_for_device_put_replicated_places_what_jax_placed():
+    # brax's PPO (the yardstick) calls jax.device_put_replicated; a jax without it gets
+    # throughput.put_replicated, which must hand pmap the same arrays on the same devices.
+    # Three devices, in a process of its own, so that slice i has a device i to be on.
+    check = """
+import sys
+sys.path.insert(0, "benchmarks")
+import jax, numpy as np
+from jax._src import api as jax_api
+import throughput
+devices = jax.devices()
+assert len(devices) == 3, devices
+tree = {"w": np.arange(6, dtype=np.float32).reshape(2, 3), "step": np.int32(7)}
+ours, theirs = throughput.put_replicated(tree, devices), jax_api.device_put_replicated(tree, devices)
+for key in tree:
+    assert ours[key].dtype == theirs[key].dtype and ours[key].shape == (3, *np.shape(tree[key])), key
+    np.testing.assert_array_equal(ours[key], theirs[key])
+    for a, b in zip(ours[key].addressable_shards, theirs[key].addressable_shards, strict=True):
+        assert (a.device, a.index) == (b.device, b.index), key
+    assert [s.index[0] for s in ours[key].addressable_shards] == [slice(i, i + 1) for i in range(3)], key
+print("same")
+"""
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=3")
+    proc = subprocess.run([sys.executable, "-c", check], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split()[-1] == "same"
