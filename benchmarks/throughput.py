@@ -14,6 +14,9 @@ reports
 * the ceiling: a batched rollout of the same number of env steps with uniform random
   actions on the same devices, and the ratio to it.
 
+The JSON is written again after every size, so a sweep stopped part-way (by a time
+limit) keeps the sizes it measured; ``finished`` says whether it ran to the end.
+
 Every size is first checked against the devices' memory (the lower bound of
 ``maml2 train``): one that cannot fit is refused with the reason, before anything
 compiles, and the sweep goes on with the others.
@@ -149,8 +152,9 @@ def measure(config: deep_training.TrainConfig, mesh, count: int, key) -> dict:
 
 
 def put_replicated(tree, devices):
-    """``x`` of every leaf stacked ``len(devices)`` times, slice ``i`` on ``devices[i]``:
-    what ``jax.device_put_replicated`` gave (the input ``jax.pmap`` expects)."""
+    """Every leaf of ``tree`` stacked ``len(devices)`` times on a new leading axis, slice
+    ``i`` on ``devices[i]``: what ``jax.device_put_replicated`` gave, the input ``jax.pmap``
+    expects."""
     mesh = jax.sharding.Mesh(devices, ("replica",))
     split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("replica"))
     return jax.tree.map(lambda x: jax.device_put(jnp.stack([jnp.asarray(x)] * len(devices)), split), tree)
