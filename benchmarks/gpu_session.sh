@@ -23,7 +23,8 @@
 # cut short keeps what it measured:
 #   T_TARGET   (230) halfcheetah-vel at 512 tasks, 1 and 4 seeds, horizon 200, 20
 #                    trajectories, and brax's PPO on 2048 environments (the yardstick)
-#   T_SWEEP    (150) the rest of the sweep: 4096, 1024, 64 and 8 tasks, 1 seed
+#   T_SWEEP    (150) the rest of the sweep: 1024, 4096, 64 and 8 tasks, 1 seed (a size
+#                    that runs out of memory is reported as failed; the rest go on)
 #   T_BACKENDS (100) every physics backend on 4096 environments x 200 steps (the default
 #                    backend per device kind is chosen from this)
 # A step still running at its limit gets SIGINT, and SIGKILL 20 s later. Everything
@@ -74,7 +75,7 @@ run)
         backends="--envs 16 --steps 20 --repeats 2"
     else
         target="--sweep 512 --seeds 1,4 --trajectories 20 --horizon 200 --iterations 3 --ppo-envs 2048"
-        sweep="--sweep 4096,1024,64,8 --seeds 1 --trajectories 20 --horizon 200 --iterations 3"
+        sweep="--sweep 1024,4096,64,8 --seeds 1 --trajectories 20 --horizon 200 --iterations 3"
         backends="--envs 4096 --steps 200 --repeats 3"
     fi
     { command -v nvidia-smi >/dev/null && nvidia-smi -L; "$PY" - <<'EOF'
@@ -82,9 +83,16 @@ import importlib.metadata as md
 import jax
 for name in ("jax", "jaxlib", "flax", "optax", "chex", "orbax-checkpoint", "scikit-learn", "brax", "mujoco",
              "mujoco-mjx", "numpy"):
-    print(name, md.version(name))
+    try:
+        print(name, md.version(name))
+    except md.PackageNotFoundError:
+        print(name, "not installed")
 print("devices", jax.devices())
-import maml2_jax.envs  # noqa: F401  (fails here, not minutes later, when a package is missing)
+# Fails here, not minutes later, when a package is missing: both physics paths load.
+from maml2_jax import envs
+for backend in ("spring", "mjx"):
+    envs.make_task_family("halfcheetah-vel", 200, backend)
+print("brax and mjx families load")
 EOF
     } 2>&1 | tee "$out/env.txt" || exit 1  # pipefail: a failed import stops here
     # shellcheck disable=SC2086

@@ -19,7 +19,9 @@ limit) keeps the sizes it measured; ``finished`` says whether it ran to the end.
 
 Every size is first checked against the devices' memory (the lower bound of
 ``maml2 train``): one that cannot fit is refused with the reason, before anything
-compiles, and the sweep goes on with the others.
+compiles, and the sweep goes on with the others. A size that passes the check but
+fails when it runs (out of device memory after all) is reported as failed, and the
+sweep goes on too.
 
 The yardstick, ``--ppo-envs E`` (0 skips it): brax's PPO trainer
 (``brax.training.agents.ppo``) on the robot's own brax environment with the same
@@ -241,7 +243,7 @@ def main():
             except ConfigError as error:
                 refused.append({"tasks": count, "seeds": seeds, "refused": str(error)})
                 say(f"refused: {count} tasks x {seeds} seeds: {error}", flush=True)
-    rows = []
+    rows, failed = [], []
 
     def write(ppo, finished):
         # After every row too: a run stopped part-way (a time limit on a lent machine)
@@ -249,12 +251,21 @@ def main():
         if lead:
             common.save({"benchmark": "throughput", **common.machine(), "processes": jax.process_count(),
                          "env": args.env, "backend": backend, "args": vars(args), "finished": finished, "rows": rows,
-                         "refused": refused, "brax_ppo": ppo}, args.out, quiet=not finished)
+                         "refused": refused, "failed": failed, "brax_ppo": ppo}, args.out, quiet=not finished)
 
     say(f"{'tasks':>6} {'seeds':>5} {'devices':>7} {'compile s':>10} {'s/iter':>8} {'meta-train steps/s':>19} "
           f"{'ceiling steps/s':>16} {'ratio':>6} {'memory MiB':>11}")
     for config, mesh in planned:
-        row = measure(config, mesh, args.iterations, jax.random.key(args.seed + 1))
+        try:
+            row = measure(config, mesh, args.iterations, jax.random.key(args.seed + 1))
+        except jax.errors.JaxRuntimeError as error:
+            # The memory check is a lower bound: a size can still run out of device memory
+            # (or hit another runtime limit). Recorded, and the sweep goes on.
+            message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            failed.append({"tasks": config.meta_batch_size, "seeds": config.seeds, "failed": message})
+            say(f"failed: {config.meta_batch_size} tasks x {config.seeds} seeds: {message}", flush=True)
+            write(None, finished=False)
+            continue
         rows.append(row)
         memory = row["peak_device_bytes"] or row["compiled_bytes"]
         say(f"{row['tasks']:>6} {row['seeds']:>5} {row['devices_used']:>7} {row['compile_seconds']:>10.1f} "
@@ -272,8 +283,9 @@ def main():
         say(f"brax PPO ({robot}, {backend}, {args.ppo_envs} envs): {ppo['env_steps_per_second']:,.0f} env-steps/s"
               f"{share}", flush=True)
     write(ppo, finished=True)
-    if refused and not rows:
-        raise SystemExit("every size was refused (above): nothing was measured")
+    if (refused or failed) and not rows:
+        what = " or ".join(word for word, sizes in (("was refused", refused), ("failed", failed)) if sizes)
+        raise SystemExit(f"every size {what} (above): nothing was measured")
 
 
 if __name__ == "__main__":

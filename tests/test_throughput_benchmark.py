@@ -1,6 +1,7 @@
-"""benchmarks/throughput.py: a size that cannot fit is refused before compiling anything; a sweep
-stopped part-way keeps what it measured; the PPO yardstick's stand-in for a jax function it
-needs places arrays as jax did."""
+"""benchmarks/throughput.py: a size that cannot fit is refused before compiling anything, one
+that fails when it runs is reported and the sweep goes on, a sweep stopped part-way keeps
+what it measured, and the PPO yardstick's stand-in for a jax function it needs places
+arrays as jax did."""
 
 import json
 import os
@@ -83,3 +84,35 @@ print("same")
                           timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split()[-1] == "same"
+
+
+def test_a_size_that_fails_when_it_runs_is_reported_and_the_sweep_goes_on(tmp_path):
+    # The memory check is a lower bound, so a size can pass it and still run out of device
+    # memory. Here the 4-task size fails as XLA reports that; the 2-task size is measured.
+    out = tmp_path / "throughput.json"
+    driver = f"""
+import sys
+sys.path.insert(0, "benchmarks")
+import jax
+import throughput
+real = throughput.measure
+def measure(config, *args):
+    if config.meta_batch_size == 4:
+        raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 1.00GiB.\\nmore")
+    return real(config, *args)
+throughput.measure = measure
+sys.argv = ["throughput.py", "--env", "nav2d", "--sweep", "4,2", "--trajectories", "2", "--horizon", "5",
+            "--iterations", "1", "--out", {str(out)!r}]
+throughput.main()
+"""
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-c", driver], cwd=ROOT, env=env, capture_output=True, text=True,
+                          check=False, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    failure = [line for line in proc.stdout.splitlines() if line.startswith("failed:")]
+    assert failure == ["failed: 4 tasks x 1 seeds: RESOURCE_EXHAUSTED: Out of memory while trying to allocate 1.00GiB."]
+    result = json.loads(out.read_text())
+    assert result["finished"] is True
+    assert result["failed"] == [{"tasks": 4, "seeds": 1,
+                                 "failed": "RESOURCE_EXHAUSTED: Out of memory while trying to allocate 1.00GiB."}]
+    assert [row["tasks"] for row in result["rows"]] == [2]
