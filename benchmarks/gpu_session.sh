@@ -25,8 +25,8 @@
 #                    trajectories, and brax's PPO on 2048 environments (the yardstick)
 #   T_SWEEP    (150) the rest of the sweep: 1024, 4096, 64 and 8 tasks, 1 seed (a size
 #                    that runs out of memory is reported as failed; the rest go on)
-#   T_BACKENDS (100) every physics backend on 4096 environments x 200 steps (the default
-#                    backend per device kind is chosen from this)
+#   T_BACKENDS (100) every physics backend on 4096 environments x 200 steps (what a GPU's
+#                    default backend is to be chosen from; spring was chosen on a CPU)
 # A step still running at its limit gets SIGINT, and SIGKILL 20 s later. Everything
 # printed is also in OUT/session.log. SCALE=small shrinks every size, to check the
 # script on a CPU first.
@@ -122,7 +122,6 @@ hcdir)
     if [ -f "$run/config.json" ]; then
         how="--resume $run"
     else
-        # shellcheck disable=SC2086
         how="--env halfcheetah-dir --algo maml $size --outer-iterations 1000 --checkpoint-every 10 --out $run"
     fi
     # Ctrl-C (SIGINT) is maml2 train's own stop: it exits at once; the next call resumes
