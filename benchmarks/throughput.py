@@ -50,7 +50,7 @@ import jax.numpy as jnp  # noqa: E402
 import common  # noqa: E402  (beside this file)
 from maml2_jax import cli, deep_training, envs  # noqa: E402
 from maml2_jax.core import train as engine_lib  # noqa: E402
-from maml2_jax.errors import ConfigError  # noqa: E402
+from maml2_jax.errors import ConfigError, first_line  # noqa: E402
 from maml2_jax.learners.policy_gradient import PolicyGradientConfig  # noqa: E402
 
 
@@ -261,17 +261,16 @@ def main():
         except jax.errors.JaxRuntimeError as error:
             # The memory check is a lower bound: a size can still run out of device memory
             # (or hit another runtime limit). Recorded, and the sweep goes on.
-            message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            message = first_line(error, limit=1000)
             failed.append({"tasks": config.meta_batch_size, "seeds": config.seeds, "failed": message})
             say(f"failed: {config.meta_batch_size} tasks x {config.seeds} seeds: {message}", flush=True)
-            write(None, finished=False)
-            continue
-        rows.append(row)
-        memory = row["peak_device_bytes"] or row["compiled_bytes"]
-        say(f"{row['tasks']:>6} {row['seeds']:>5} {row['devices_used']:>7} {row['compile_seconds']:>10.1f} "
-              f"{row['seconds_per_iteration']:>8.3f} {row['env_steps_per_second']:>19,.0f} "
-              f"{row['ceiling']['env_steps_per_second']:>16,.0f} {row['ratio_to_ceiling']:>6.2f} "
-              f"{(memory or 0) / 2**20:>11,.0f}", flush=True)
+        else:
+            rows.append(row)
+            memory = row["peak_device_bytes"] or row["compiled_bytes"]
+            say(f"{row['tasks']:>6} {row['seeds']:>5} {row['devices_used']:>7} {row['compile_seconds']:>10.1f} "
+                  f"{row['seconds_per_iteration']:>8.3f} {row['env_steps_per_second']:>19,.0f} "
+                  f"{row['ceiling']['env_steps_per_second']:>16,.0f} {row['ratio_to_ceiling']:>6.2f} "
+                  f"{(memory or 0) / 2**20:>11,.0f}", flush=True)
         write(None, finished=False)
     ppo = None
     if args.ppo_envs:
