@@ -30,6 +30,10 @@
 # A step still running at its limit gets SIGINT, and SIGKILL 20 s later. Everything
 # printed is also in OUT/session.log. SCALE=small shrinks every size, to check the
 # script on a CPU first.
+#
+# Other settings: PYTHON (the interpreter there, default python3), VENV (the
+# environment `fetch` reads versions from, default .venv), HCDIR_RUN (the run folder
+# of `hcdir`, default /tmp/maml2-hcdir).
 set -uo pipefail
 
 PY=${PYTHON:-python3}
