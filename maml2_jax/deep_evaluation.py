@@ -185,7 +185,8 @@ def evaluate(run_dirs: list[str], num_tasks: int = 40, steps: int = 3, seed: int
     [[steps + 1] per seed]}}; ``chosen`` {category: {category: count}}, how often
     MAML²'s update tendency reset a test task of the first category to a learned
     category whose pool tasks are mostly of the second (summed over runs; the
-    diagonal is a right pick); ``tendency_accuracy`` {category: share of right picks}.
+    diagonal is a right pick); ``chosen_per_run`` {MAML² run dir: the same counts for
+    that run alone}; ``tendency_accuracy`` {category: share of right picks}.
     ``progress`` is called with each run's directory once its curves are computed.
     ``loaded``: what :func:`load_runs` returned for the same arguments (a caller that
     shows progress loads first, so a bad run is refused before any output); loaded
@@ -200,7 +201,7 @@ def evaluate(run_dirs: list[str], num_tasks: int = 40, steps: int = 3, seed: int
     key = jax.random.key(seed + 1)
     per_task = {m: [] for m in METHODS}
     runs = {m: [] for m in METHODS}
-    chosen = {}
+    chosen, chosen_per_run = {}, {}
     lfs_seeds = set()
     compiled = {}  # one jitted function per learner setting, shared by the runs that use it
     for path, (config, run_parts, theta, category_params) in zip(run_dirs, loaded):
@@ -214,10 +215,10 @@ def evaluate(run_dirs: list[str], num_tasks: int = 40, steps: int = 3, seed: int
             curve, picked = jax.device_get(curves(theta, category_params, tasks, key, reset=True, active=active))
             per_task["maml2"].append(curve)
             runs["maml2"].append(path)
+            own = chosen_per_run[path] = {}
             for t, c in zip(truth, picked):
-                counts = chosen.setdefault(str(t), {})
-                picked_truth = str(meaning[int(c)])
-                counts[picked_truth] = counts.get(picked_truth, 0) + 1
+                _count(own, str(t), str(meaning[int(c)]))
+            _add_counts(chosen, own)
             per_task["maml2_no_reset"].append(jax.device_get(curves(theta, None, tasks, key, reset=False))[0])
             runs["maml2_no_reset"].append(path)
         else:
@@ -235,12 +236,25 @@ def evaluate(run_dirs: list[str], num_tasks: int = 40, steps: int = 3, seed: int
                "num_trajectories": {path: config.inner.num_trajectories for path, (config, *_) in zip(run_dirs, loaded)},
                "categories": {str(c): int(np.sum(truth == c)) for c in categories},
                "runs": {m: r for m, r in runs.items() if r},
-               "per_seed": {}, "chosen": chosen}
+               "per_seed": {}, "chosen": chosen, "chosen_per_run": chosen_per_run}
     for method, curves in per_task.items():
         if curves:
             curves = np.asarray(curves, np.float64)  # [seeds, T, steps + 1]
             summary["per_seed"][method] = {str(c): curves[:, truth == c].mean(axis=1).tolist() for c in categories}
     return _statistics(summary)
+
+
+def _count(counts: dict, truth: str, picked: str, n: int = 1) -> None:
+    """Adds ``n`` picks of ``picked`` for test tasks of category ``truth`` to ``counts``."""
+    into = counts.setdefault(truth, {})
+    into[picked] = into.get(picked, 0) + n
+
+
+def _add_counts(total: dict, counts: dict) -> None:
+    """Adds one ``chosen`` table into another."""
+    for truth, by_pick in counts.items():
+        for picked, n in by_pick.items():
+            _count(total, truth, picked, n)
 
 
 def _statistics(summary: dict) -> dict:
@@ -284,7 +298,8 @@ def pool(summaries: list[dict]) -> dict:
       the summary of all runs: per-seed rows concatenated in the given order, ``chosen``
       counts added, means, 95% bands and seed-to-seed spreads recomputed. Learning from
       scratch is one fresh policy per seed: a seed in several summaries counts once
-      (its first row).
+      (its first row). ``chosen_per_run`` holds the runs whose evaluation recorded it
+      (an older ``maml2 evaluate`` did not).
 
     Raises:
       ConfigError: summaries that differ in task family, adaptation steps, seed, reset
@@ -310,7 +325,7 @@ def pool(summaries: list[dict]) -> dict:
             raise ConfigError(f"evaluations with different trajectories per adaptation step cannot be pooled: "
                               f"{batches[0]} and {batches[1]}")
     pooled = {name: first[name] for name in POOL_KEYS}
-    pooled.update(num_trajectories={}, runs={}, per_seed={}, chosen={})
+    pooled.update(num_trajectories={}, runs={}, per_seed={}, chosen={}, chosen_per_run={})
     seen = set()  # every run's real path
     for summary in summaries:
         for path in summary["num_trajectories"]:
@@ -327,10 +342,8 @@ def pool(summaries: list[dict]) -> dict:
                 by_category = pooled["per_seed"].setdefault(method, {})
                 for c in rows:
                     by_category.setdefault(c, []).append(rows[c][i])
-        for truth, counts in summary["chosen"].items():
-            into = pooled["chosen"].setdefault(truth, {})
-            for picked, count in counts.items():
-                into[picked] = into.get(picked, 0) + count
+        _add_counts(pooled["chosen"], summary["chosen"])
+        pooled["chosen_per_run"].update(summary.get("chosen_per_run", {}))
     return _statistics(pooled)
 
 
@@ -350,4 +363,11 @@ def table(summary: dict) -> str:
             std = summary["seed_std"][method][c]
             cells = "".join(f"{m:9.1f} ±{s:5.1f}" for m, s in zip(by_category[c], std))
             lines.append(f"  {method:<16}{cells}")
+    if summary.get("chosen_per_run"):
+        lines.append("MAML²'s update tendency, right picks per run (per category)")
+        for path, counts in summary["chosen_per_run"].items():
+            right = {t: by_pick.get(t, 0) for t, by_pick in counts.items()}
+            total = {t: sum(by_pick.values()) for t, by_pick in counts.items()}
+            per_category = ", ".join(f"{t}: {right[t]}/{total[t]}" for t in sorted(counts, key=int))
+            lines.append(f"  {path}: {sum(right.values())} of {sum(total.values())} ({per_category})")
     return "\n".join(lines)

@@ -62,7 +62,22 @@ def test_summary_reports_every_method_per_category(runs, tmp_path, capsys):
     assert sum(sum(counts.values()) for counts in summary["chosen"].values()) == 2 * TASKS
     assert set(summary["tendency_accuracy"]) <= set(summary["categories"])
     assert all(0 <= a <= 1 for a in summary["tendency_accuracy"].values())
-    assert "category 2 (1 test tasks)" in capsys.readouterr().out
+    # Each MAML² run's own picks: every test task once, and the runs' tables add up to ``chosen``.
+    per_run = summary["chosen_per_run"]
+    assert sorted(per_run) == sorted(summary["runs"]["maml2"])
+    total = {}
+    for path, counts in per_run.items():
+        assert sum(sum(by_pick.values()) for by_pick in counts.values()) == TASKS
+        for truth, by_pick in counts.items():
+            assert sum(by_pick.values()) == summary["categories"][truth]
+            for picked, n in by_pick.items():
+                total.setdefault(truth, {})[picked] = total.get(truth, {}).get(picked, 0) + n
+    assert total == summary["chosen"]
+    printed = capsys.readouterr().out
+    assert "category 2 (1 test tasks)" in printed
+    for path, counts in per_run.items():
+        right = sum(by_pick.get(truth, 0) for truth, by_pick in counts.items())
+        assert f"  {path}: {right} of {TASKS} (0: " in printed
 
 
 def test_the_carry_rule_changes_maml2_after_the_reset_and_nothing_else(runs, tmp_path, capsys):
@@ -155,6 +170,10 @@ def test_evaluations_that_differ_are_not_pooled(runs):
             deep_evaluation.pool([base, {**other, **change}])
     with pytest.raises(ConfigError, match="more than one evaluation"):
         deep_evaluation.pool([base, base])
+    # An evaluation from before the per-run picks pools; its runs' picks are only in ``chosen``.
+    pooled = deep_evaluation.pool([base, {k: v for k, v in other.items() if k != "chosen_per_run"}])
+    assert pooled["chosen_per_run"] == base["chosen_per_run"] and list(pooled["chosen_per_run"]) == [one]
+    assert sum(pooled["chosen"]["0"].values()) == 2 * base["categories"]["0"]
     older = {k: v for k, v in other.items() if k != "num_trajectories"}  # summaries before the test-time batch
     with pytest.raises(ConfigError, match="without 'num_trajectories' cannot be pooled"):
         deep_evaluation.pool([base, older])
