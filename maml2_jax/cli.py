@@ -92,8 +92,8 @@ def _add_gridworld(sub) -> None:
     p.add_argument("--out", required=True, help="output directory (created if missing)")
     p.add_argument("--runs", type=int, default=d.runs, help="independent runs (default %(default)s)")
     p.add_argument("--seed", type=int, default=d.seed, help="master seed (default %(default)s)")
-    add_meta_flags(p, d.meta_config(), skip=("tasks_per_category", "category_init", "classify_every",
-                                             "classify_from", "stop_tolerance"))
+    add_meta_flags(p, d.meta_config(), skip=("tasks_per_category", "category_batch", "category_init",
+                                             "classify_every", "classify_from", "stop_tolerance"))
     p.add_argument("--maml-iterations", type=int, default=d.maml_iterations,
                    help="meta-iterations of the MAML baseline (default %(default)s)")
     p.add_argument("--classify-episodes", type=int, default=d.classify_episodes,

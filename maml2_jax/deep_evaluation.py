@@ -49,7 +49,7 @@ RUN_FILES = ("params.msgpack", "category_params.msgpack", "metrics.jsonl", "cate
 
 def find_runs(path: str, out: str | None = None) -> list[str]:
     """``path`` itself if it is a run directory, else every run directory below it (sorted;
-    ``train --seeds S`` puts one per seed in ``OUT/seed_<s>``).
+    ``train --seeds S`` puts one per seed in ``OUT/seed_<s>``), through symbolic links.
 
     ConfigError for a path that is empty or not a directory, a directory below it that
     cannot be read, one holding a run's files without its ``config.json``, no run at
@@ -63,8 +63,14 @@ def find_runs(path: str, out: str | None = None) -> list[str]:
     def unreadable(error: OSError):
         raise ConfigError(f"run directory {error.filename} cannot be read ({error.strerror})")
 
-    runs = []
-    for root, dirs, names in os.walk(path, onerror=unreadable):
+    runs, seen = [], set()
+    # Symbolic links are followed (a run linked in beside another); each real directory once, so a loop ends.
+    for root, dirs, names in os.walk(path, onerror=unreadable, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
         if "config.json" in names:
             if not _is_evaluation(root, names):
                 runs.append(root)

@@ -158,6 +158,9 @@ class TrainConfig:
                            ("meta", MetaConfig)):
             if not isinstance(getattr(self, name), kind):
                 raise ConfigError(f"{name} must be a {kind.__name__}, got {type(getattr(self, name)).__name__}")
+        if self.algo == "maml" and self.meta.category_batch != "equal":
+            raise ConfigError("a proportional category batch needs --algo maml2: MAML has one category "
+                              "(its meta-batch is --meta-batch-size)")
         if self.algo == "maml" and self.meta.automatic:
             raise ConfigError("categories 'auto' needs --algo maml2: MAML has one category")
         if self.algo == "maml2" and self.meta.slots > self.pool_size:
@@ -171,8 +174,8 @@ class TrainConfig:
 
     @property
     def tasks_per_update(self) -> int:
-        """Tasks of one meta-update: the meta-batch (MAML) or one category's (MAML²)."""
-        return self.meta.tasks_per_category if self.algo == "maml2" else self.meta_batch_size
+        """Tasks of one meta-update: the meta-batch (MAML) or one category's draw (MAML²: B, or N·B proportional)."""
+        return self.meta.tasks_per_step if self.algo == "maml2" else self.meta_batch_size
 
     @property
     def classifier_inner(self) -> PolicyGradientConfig:
@@ -184,7 +187,7 @@ class TrainConfig:
         if self.algo == "maml2":
             return self.meta
         return dataclasses.replace(self.meta, categories=1, inner_iterations=1, tasks_per_category=self.meta_batch_size,
-                                   category_init="global", classify_every=0, stop_tolerance=0.0)
+                                   category_batch="equal", category_init="global", classify_every=0, stop_tolerance=0.0)
 
     @staticmethod
     def from_dict(data: dict) -> "TrainConfig":
@@ -245,7 +248,7 @@ def memory_estimate(config: TrainConfig, tasks: tuple[str, int] | None = None,
             classifying = ("--classify-trajectories", config.classify_trajectories) if config.classify_trajectories \
                 else trajectories
             pool = (("--pool-size", config.pool_size), classifying)
-            step = (("--tasks-per-category", config.meta.tasks_per_category * parallel), trajectories)
+            step = (("--tasks-per-category", config.meta.tasks_per_step * parallel), trajectories)
             tasks, trajectories = max(pool, step, key=lambda f: f[0][1] * f[1][1])
         else:
             tasks = ("--meta-batch-size", config.meta_batch_size)

@@ -277,32 +277,43 @@ def linear_baseline_values(features: chex.Array, w: chex.Array) -> chex.Array:
     return jnp.matmul(features, w, precision=_HIGHEST)
 
 
-def episode_mean(x: chex.Array, mask: chex.Array | None = None) -> chex.Array:
+def episode_mean(x: chex.Array, mask: chex.Array | None = None, task_weights: chex.Array | None = None) -> chex.Array:
     r"""Mean over episodes of each episode's mean over its own steps.
 
     .. math:: \frac{1}{N} \sum_n \frac{\sum_t m_{n,t}\, x_{n,t}}{\sum_t m_{n,t}}
 
     over all leading axes of ``x`` ``[..., H]`` taken as episodes. Each episode weighs
     the same however long it lasted, as in pytorch-maml-rl's ``weighted_mean``; with
-    no mask (or all ones) it is the plain mean.
+    no mask (or all ones) it is the plain mean. With ``task_weights`` :math:`w_k` over
+    the first axis (tasks), each task's episodes are averaged and the tasks weighed:
+    :math:`\sum_k w_k \bar x_k`.
 
     Args:
-      x: ``[..., H]`` per-step values.
+      x: ``[..., H]`` per-step values (``[T, ..., H]`` with task weights).
       mask: ``[..., H]`` 1 on an episode's steps, 0 on padding (every episode has at
         least one step), or None.
+      task_weights: ``[T]`` summing to 1, or None (every episode alike).
 
     Returns:
       A scalar.
     """
-    if mask is None:
+    if mask is None and task_weights is None:
         return jnp.mean(x)
+    mask = jnp.ones_like(x) if mask is None else mask
     chex.assert_equal_shape([x, mask])
-    return jnp.mean(jnp.sum(x * mask, axis=-1) / jnp.sum(mask, axis=-1))
+    per_episode = jnp.sum(x * mask, axis=-1) / jnp.sum(mask, axis=-1)
+    if task_weights is None:
+        return jnp.mean(per_episode)
+    return jnp.sum(task_weights * jnp.mean(per_episode.reshape(per_episode.shape[0], -1), axis=-1))
 
 
-def episode_weights(mask: chex.Array) -> chex.Array:
-    """Per-step weights ``w`` ``[..., H]`` with ``Σ w·x = episode_mean(x, mask)`` (they sum to 1)."""
-    return mask / (jnp.sum(mask, axis=-1, keepdims=True) * (mask.size // mask.shape[-1]))
+def episode_weights(mask: chex.Array, task_weights: chex.Array | None = None) -> chex.Array:
+    """Per-step weights ``w`` ``[..., H]`` with ``Σ w·x = episode_mean(x, mask, task_weights)`` (they sum to 1)."""
+    if task_weights is None:
+        return mask / (jnp.sum(mask, axis=-1, keepdims=True) * (mask.size // mask.shape[-1]))
+    per_task = mask[0].size // mask.shape[-1]  # episodes of one task
+    scale = task_weights.reshape((-1,) + (1,) * (mask.ndim - 1)) / per_task
+    return scale * mask / jnp.sum(mask, axis=-1, keepdims=True)
 
 
 class TaskAdvantages(NamedTuple):

@@ -309,6 +309,8 @@ CASES = [
     train("--algo", "maml2", "--classify-trajectories", "-1", field="classify trajectories"),
     train("--classify-trajectories", "50", field="classify trajectories"),  # MAML does not classify
     train("--classify-trajectories", "x", field="--classify-trajectories"),
+    train("--algo", "maml2", "--category-batch", "sized", field="--category-batch"),
+    train("--category-batch", "proportional", field="category batch"),  # MAML has one category
     # train: floats
     train("--inner-lr", "0", field="inner learning rate"),
     train("--inner-lr", "-0.1", field="inner learning rate"),

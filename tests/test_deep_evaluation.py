@@ -133,6 +133,21 @@ def test_a_single_run_directory_is_accepted(runs):
     assert len(deep_evaluation.find_runs(str(runs))) == 3
 
 
+def test_runs_are_found_through_symbolic_links_and_a_link_loop_ends(tmp_path):
+    # Only config.json marks a run for the search, so empty runs do here.
+    elsewhere = tmp_path / "elsewhere" / "maml"
+    for seed in (1, 2):
+        (elsewhere / f"seed_{seed}").mkdir(parents=True)
+        (elsewhere / f"seed_{seed}" / "config.json").write_text('{"env": "nav2d"}')
+    here = tmp_path / "here"
+    (here / "maml2" / "seed_1").mkdir(parents=True)
+    (here / "maml2" / "seed_1" / "config.json").write_text('{"env": "nav2d"}')
+    (here / "maml").symlink_to(elsewhere, target_is_directory=True)
+    (here / "maml2" / "loop").symlink_to(here, target_is_directory=True)
+    assert deep_evaluation.find_runs(str(here)) == [str(here / "maml" / "seed_1"), str(here / "maml" / "seed_2"),
+                                                     str(here / "maml2" / "seed_1")]
+
+
 def test_runs_of_different_families_are_refused(runs, tmp_path):
     other = _train(tmp_path / "uniform", "maml", 3, env="nav2d")
     with pytest.raises(ConfigError, match="different task families"):

@@ -8,6 +8,7 @@ from maml2_jax.core.outer_update import CATEGORY_INITS, OUTER_UPDATES
 from maml2_jax.errors import ConfigError, check_choice, check_float, check_non_negative_int, check_positive_int
 
 CLASSIFY_FROM = ("theta", "init")
+CATEGORY_BATCHES = ("equal", "proportional")
 AUTO = "auto"
 
 
@@ -43,6 +44,14 @@ class MetaConfig:
       outer_iterations: K_out, outer iterations (global moves of θ).
       inner_iterations: K_in, meta-update steps of each category per outer iteration.
       tasks_per_category: B, tasks of each category step (drawn with replacement).
+      category_batch: how a step's tasks are shared between the categories. "equal":
+        B each, whatever their sizes (published). "proportional": the N·B tasks of a
+        step shared in proportion to the categories' pool sizes, every non-empty
+        category at least one (:func:`maml2_jax.core.category_meta.batch_counts`), so
+        the whole step meta-trains on as many tasks as MAML with a meta-batch of N·B
+        and a large category is not starved by a small one. Shapes stay static: every
+        category draws N·B tasks and weighs those past its share by 0, so a step costs
+        N times the equal split's; the rule must take task weights.
       outer_update: "sequential" (published: each category starts from the θ moved by
         the previous ones) or "parallel" (all from the same θ, vmapped, then the mean).
       category_init: "global" (θ_c ← θ at every outer iteration, published) or
@@ -62,6 +71,9 @@ class MetaConfig:
     outer_iterations: int = _field(20, "K_out, outer iterations")
     inner_iterations: int = _field(10, "K_in, meta-update steps of each category per outer iteration")
     tasks_per_category: int = _field(1, "B, tasks of each category step")
+    category_batch: str = _field("equal", "equal: B tasks in every category step (published); proportional: the "
+                                 "N*B tasks of a step shared by category size (each category computes all N*B)",
+                                 choices=CATEGORY_BATCHES)
     outer_update: str = _field("sequential", "sequential: each category starts from the θ moved by the previous "
                                "ones (published); parallel: all from the same θ, then the mean",
                                choices=OUTER_UPDATES)
@@ -77,6 +89,7 @@ class MetaConfig:
         for name in ("outer_iterations", "inner_iterations", "tasks_per_category"):
             check_positive_int(name.replace("_", " "), getattr(self, name))
         check_non_negative_int("classify every", self.classify_every)
+        check_choice("category batch", self.category_batch, CATEGORY_BATCHES)
         check_choice("outer update", self.outer_update, OUTER_UPDATES)
         check_choice("category init", self.category_init, CATEGORY_INITS)
         check_choice("classify from", self.classify_from, CLASSIFY_FROM)
@@ -86,6 +99,11 @@ class MetaConfig:
     def automatic(self) -> bool:
         """Whether N is chosen from the features at each classification."""
         return self.categories == AUTO
+
+    @property
+    def tasks_per_step(self) -> int:
+        """Tasks each category step draws: B, or N·B (N_max·B) under the proportional split."""
+        return self.tasks_per_category * (self.slots if self.category_batch == "proportional" else 1)
 
     @property
     def slots(self) -> int:

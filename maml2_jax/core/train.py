@@ -129,8 +129,12 @@ def make_engine(learner: Learner, rule: MetaRule, source: TaskSource, config: Me
 
     def category_fn(state, c, start, rule_state_c):
         keys = category_meta.step_keys(_key(state), state.iteration, c, n, config.inner_iterations)
+        weights = None
+        if config.category_batch == "proportional":
+            counts = category_meta.batch_counts(jnp.sum(state.members, axis=-1), config.tasks_per_step)
+            weights = category_meta.share_weights(counts[c], config.tasks_per_step)
         return category_meta.category_meta(rule, source, state.source, state.members[c], start, rule_state_c, keys,
-                                           config.tasks_per_category, config.stop_tolerance)
+                                           config.tasks_per_step, config.stop_tolerance, weights)
 
     def step(state: RunState):
         theta, category_params, rule_state, metrics = outer_update.outer_update(

@@ -53,10 +53,13 @@ class MetaRule(NamedTuple):
 
     Attributes:
       init: ``params -> rule_state`` (an optimiser's moments; ``()`` for none).
-      update: ``(params, rule_state, tasks [B, ...], key, category_size) ->
+      update: ``(params, rule_state, tasks [B, ...], key, category_size[, weights]) ->
         (params, rule_state, metrics)``. ``category_size`` is |C|, the number of
         tasks of the category being meta-learned (the Reptile step scales by β/|C|);
-        rules that do not need it ignore it. ``metrics`` is a pytree of scalars.
+        rules that do not need it ignore it. ``weights`` ``[B]`` (summing to 1), passed
+        only under the proportional category batch, weigh the tasks in place of the
+        plain mean; a task of weight 0 must not change the result. ``metrics`` is a
+        pytree of scalars.
     """
 
     init: Callable[[Params], Any]

@@ -1,6 +1,7 @@
 r"""A meta-gradient through any optax optimiser (MAML with SGD, Adam, …).
 
-.. math:: g = \nabla_θ \frac1B \sum_b L_b\big(\mathrm{Adapt}(θ, T_b)\big),
+.. math:: g = \nabla_θ \frac1B \sum_b L_b\big(\mathrm{Adapt}(θ, T_b)\big)
+   \quad \big(\text{or } \textstyle\sum_b w_b L_b \text{ with task weights}\big),
    \qquad (u, s) = \mathrm{opt.update}(g, s, θ), \quad θ \leftarrow θ + u,
 
 where :math:`L_b` is the learner's ``meta_loss`` (its loss after adaptation,
@@ -27,13 +28,15 @@ def gradient(learner: Learner, optimizer: optax.GradientTransformation) -> MetaR
     def init(params):
         return optimizer.init(params)
 
-    def update(params, state, tasks, key, category_size):
+    def update(params, state, tasks, key, category_size, weights=None):
         del category_size
         count = jax.tree.leaves(tasks)[0].shape[0]
+        # Task weights [B] (summing to 1) replace the plain mean over the batch.
+        mean = jnp.mean if weights is None else (lambda x: jnp.sum(weights * x))
 
         def loss(p):
             losses, aux = jax.vmap(learner.meta_loss, in_axes=(None, 0, 0))(p, tasks, jax.random.split(key, count))
-            return jnp.mean(losses), jax.tree.map(jnp.mean, aux)
+            return mean(losses), jax.tree.map(mean, aux)
 
         (value, aux), grads = jax.value_and_grad(loss, has_aux=True)(params)
         updates, state = optimizer.update(grads, state, params)

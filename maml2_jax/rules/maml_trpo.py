@@ -86,18 +86,27 @@ def adapted_policies(policy: GaussianPolicy, adapter: PolicyGradientAdapter, par
     return task_policies(policy, jax.vmap(lambda b: replay(adapter, params, b))(batches), observations)
 
 
+def _task_mean(x, weights):
+    """Mean of ``x`` ``[T, ...]``: plain, or each task's mean weighed by ``weights`` ``[T]``."""
+    if weights is None:
+        return jnp.mean(x)
+    return jnp.sum(weights * jnp.mean(x.reshape(x.shape[0], -1), axis=-1))
+
+
 def make_maml_trpo_update(policy: GaussianPolicy, adapter: PolicyGradientAdapter, inner_steps: int,
                           num_tasks: int, config: trpo.TRPOConfig = trpo.TRPOConfig(),
                           curvature_fraction: float = 1.0, mesh: Mesh | None = None) -> Callable:
-    """Returns ``update(params, tasks [T, ...], key) -> (params, IterationMetrics)``.
+    """Returns ``update(params, tasks [T, ...], key, weights=None) -> (params, IterationMetrics)``.
 
     The MAML-TRPO meta-update of one parameter set over the given tasks (pure; jit
     it, or vmap it over categories as deep MAML² does).
 
+    ``weights`` ``[T]`` (summing to 1) weigh the tasks in the surrogate, the KL, the
+    curvature and the reported returns; None weighs them alike (the plain mean).
     ``curvature_fraction`` in (0, 1]: share of the tasks used for the curvature
-    products (see the module docstring). ``mesh``: a 1-D ``"tasks"`` mesh
-    (:func:`maml2_jax.sharding.task_mesh`) to split the tasks over, or None for one
-    device; ``num_tasks`` must be a multiple of its size.
+    products (see the module docstring; their weights renormalised). ``mesh``: a
+    1-D ``"tasks"`` mesh (:func:`maml2_jax.sharding.task_mesh`) to split the tasks
+    over, or None for one device; ``num_tasks`` must be a multiple of its size.
     """
     check_positive_int("meta-batch size", num_tasks)
     sharding.check_divisible(num_tasks, mesh)
@@ -106,7 +115,7 @@ def make_maml_trpo_update(policy: GaussianPolicy, adapter: PolicyGradientAdapter
         raise ConfigError(f"curvature fraction must be in (0, 1], got {curvature_fraction}")
     curvature_tasks = max(1, math.ceil(curvature_fraction * num_tasks))
 
-    def update(params, tasks, key):
+    def update(params, tasks, key, weights=None):
         tasks = sharding.constrain_tasks(tasks, mesh)
         k_inner, k_outer = jax.random.split(key)
         inner_keys = jax.random.split(k_inner, num_tasks)
@@ -128,15 +137,16 @@ def make_maml_trpo_update(policy: GaussianPolicy, adapter: PolicyGradientAdapter
             # One replay of the adaptation serves the surrogate and the KL.
             means, log_stds = distribution(p)
             log_probs = gaussian_log_prob(actions, means, log_stds)
-            surrogate = episode_mean(jnp.exp(log_probs - old_log_probs) * outer.advantages, mask)
-            return surrogate, episode_mean(gaussian_kl(means, log_stds, old_means, old_log_stds), mask)
+            surrogate = episode_mean(jnp.exp(log_probs - old_log_probs) * outer.advantages, mask, weights)
+            return surrogate, episode_mean(gaussian_kl(means, log_stds, old_means, old_log_stds), mask, weights)
 
         curvature = lambda p: distribution(p, curvature_tasks)  # noqa: E731
-        weights = episode_weights(mask[:curvature_tasks])
-        new_params, stats = trpo.trpo_step(config, objective, curvature, params, weights)
+        head = None if weights is None else weights[:curvature_tasks] / jnp.sum(weights[:curvature_tasks])
+        new_params, stats = trpo.trpo_step(config, objective, curvature, params,
+                                           episode_weights(mask[:curvature_tasks], head))
         metrics = IterationMetrics(
-            pre_return=jnp.mean(jnp.sum(batches.trajectories.rewards[:, 0], axis=-1)),
-            post_return=jnp.mean(jnp.sum(outer.trajectories.rewards, axis=-1)),
+            pre_return=_task_mean(jnp.sum(batches.trajectories.rewards[:, 0], axis=-1), weights),
+            post_return=_task_mean(jnp.sum(outer.trajectories.rewards, axis=-1), weights),
             trpo=stats,
         )
         return new_params, metrics
@@ -157,9 +167,9 @@ def maml_trpo(policy: GaussianPolicy, adapter: PolicyGradientAdapter, inner_step
         del params
         return ()
 
-    def rule_update(params, state, tasks, key, category_size):
+    def rule_update(params, state, tasks, key, category_size, weights=None):
         del category_size
-        params, m = update(params, tasks, key)
+        params, m = update(params, tasks, key, weights)
         return params, state, {"pre_return": m.pre_return, "post_return": m.post_return, "kl": m.trpo.kl,
                                "step_fraction": m.trpo.step_fraction}
 

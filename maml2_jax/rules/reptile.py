@@ -36,15 +36,20 @@ def reptile(learner: Learner, beta: float = 1.0) -> MetaRule:
         del params
         return ()
 
-    def update(params, state, tasks, key, category_size):
+    def update(params, state, tasks, key, category_size, weights=None):
         count = jax.tree.leaves(tasks)[0].shape[0]
-        if count == 1:
+        if count == 1:  # a one-task batch's weight can only be 1
             adapted, stats = learner.adapt(params, jax.tree.map(lambda x: x[0], tasks), key)
             score = jnp.mean(learner.score(stats))
         else:
             adapted, stats = jax.vmap(learner.adapt, in_axes=(None, 0, 0))(params, tasks, jax.random.split(key, count))
-            adapted = jax.tree.map(lambda x: jnp.mean(x, axis=0), adapted)
-            score = jnp.mean(jax.vmap(learner.score)(stats))
+            scores = jax.vmap(learner.score)(stats)
+            if weights is None:
+                adapted = jax.tree.map(lambda x: jnp.mean(x, axis=0), adapted)
+                score = jnp.mean(scores)
+            else:  # the weighted mean of the adapted parameters [B] -> θ'
+                adapted = jax.tree.map(lambda x: jnp.tensordot(weights, x, axes=1), adapted)
+                score = jnp.sum(weights * jnp.mean(scores.reshape(count, -1), axis=-1))
         params, step_norm = reptile_step(params, adapted, beta / category_size)
         return params, state, {"score": score, "step_norm": step_norm}
 
