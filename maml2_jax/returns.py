@@ -27,6 +27,8 @@ import chex
 import jax
 import jax.numpy as jnp
 
+from maml2_jax.core.types import task_mean
+
 # On GPUs with TF32 tensor cores (A100, H100) the default float32 matmul precision
 # keeps only ~10 mantissa bits; the least-squares fit below needs full float32.
 _HIGHEST = jax.lax.Precision.HIGHEST
@@ -301,10 +303,7 @@ def episode_mean(x: chex.Array, mask: chex.Array | None = None, task_weights: ch
         return jnp.mean(x)
     mask = jnp.ones_like(x) if mask is None else mask
     chex.assert_equal_shape([x, mask])
-    per_episode = jnp.sum(x * mask, axis=-1) / jnp.sum(mask, axis=-1)
-    if task_weights is None:
-        return jnp.mean(per_episode)
-    return jnp.sum(task_weights * jnp.mean(per_episode.reshape(per_episode.shape[0], -1), axis=-1))
+    return task_mean(jnp.sum(x * mask, axis=-1) / jnp.sum(mask, axis=-1), task_weights)
 
 
 def episode_weights(mask: chex.Array, task_weights: chex.Array | None = None) -> chex.Array:

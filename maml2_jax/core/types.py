@@ -148,6 +148,14 @@ def take(tree, index):
     return jax.tree.map(lambda x: x[index], tree)
 
 
+def task_mean(x: jax.Array, weights: jax.Array | None = None) -> jax.Array:
+    """Mean of ``x`` ``[T, ...]`` over tasks: plain, or each task's mean weighed by ``weights`` ``[T]``
+    (summing to 1; a task of weight 0 enters as an exact 0)."""
+    if weights is None:
+        return jnp.mean(x)
+    return jnp.sum(weights * jnp.mean(x.reshape(x.shape[0], -1), axis=-1))
+
+
 def stack_copies(tree, count: int):
     """``count`` copies of ``tree`` on a new leading axis."""
     return jax.tree.map(lambda x: jnp.broadcast_to(x, (count,) + jnp.shape(x)), tree)

@@ -11,11 +11,12 @@ the inner gradients).
 
 from __future__ import annotations
 
+import functools
+
 import jax
-import jax.numpy as jnp
 import optax
 
-from maml2_jax.core.types import Learner, MetaRule
+from maml2_jax.core.types import Learner, MetaRule, task_mean
 
 
 def gradient(learner: Learner, optimizer: optax.GradientTransformation) -> MetaRule:
@@ -31,8 +32,7 @@ def gradient(learner: Learner, optimizer: optax.GradientTransformation) -> MetaR
     def update(params, state, tasks, key, category_size, weights=None):
         del category_size
         count = jax.tree.leaves(tasks)[0].shape[0]
-        # Task weights [B] (summing to 1) replace the plain mean over the batch.
-        mean = jnp.mean if weights is None else (lambda x: jnp.sum(weights * x))
+        mean = functools.partial(task_mean, weights=weights)  # task weights [B], or the plain mean
 
         def loss(p):
             losses, aux = jax.vmap(learner.meta_loss, in_axes=(None, 0, 0))(p, tasks, jax.random.split(key, count))

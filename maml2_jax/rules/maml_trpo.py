@@ -38,7 +38,7 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 
 from maml2_jax import sharding, trpo
-from maml2_jax.core.types import MetaRule
+from maml2_jax.core.types import MetaRule, task_mean
 from maml2_jax.errors import ConfigError, check_positive_int
 from maml2_jax.learners.policy_gradient import Batch, PolicyGradientAdapter
 from maml2_jax.networks import GaussianPolicy, gaussian_kl, gaussian_log_prob
@@ -84,13 +84,6 @@ def adapted_policies(policy: GaussianPolicy, adapter: PolicyGradientAdapter, par
     """The distributions the MAML-TRPO curvature differentiates: θ'_i(θ) replayed from
     ``params`` on each task's inner ``batches`` ``[T, K, ...]``, on its ``observations``."""
     return task_policies(policy, jax.vmap(lambda b: replay(adapter, params, b))(batches), observations)
-
-
-def _task_mean(x, weights):
-    """Mean of ``x`` ``[T, ...]``: plain, or each task's mean weighed by ``weights`` ``[T]``."""
-    if weights is None:
-        return jnp.mean(x)
-    return jnp.sum(weights * jnp.mean(x.reshape(x.shape[0], -1), axis=-1))
 
 
 def make_maml_trpo_update(policy: GaussianPolicy, adapter: PolicyGradientAdapter, inner_steps: int,
@@ -145,8 +138,8 @@ def make_maml_trpo_update(policy: GaussianPolicy, adapter: PolicyGradientAdapter
         new_params, stats = trpo.trpo_step(config, objective, curvature, params,
                                            episode_weights(mask[:curvature_tasks], head))
         metrics = IterationMetrics(
-            pre_return=_task_mean(jnp.sum(batches.trajectories.rewards[:, 0], axis=-1), weights),
-            post_return=_task_mean(jnp.sum(outer.trajectories.rewards, axis=-1), weights),
+            pre_return=task_mean(jnp.sum(batches.trajectories.rewards[:, 0], axis=-1), weights),
+            post_return=task_mean(jnp.sum(outer.trajectories.rewards, axis=-1), weights),
             trpo=stats,
         )
         return new_params, metrics

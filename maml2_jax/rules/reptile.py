@@ -12,7 +12,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from maml2_jax.core.types import Learner, MetaRule, tree_norm
+from maml2_jax.core.types import Learner, MetaRule, task_mean, tree_norm
 
 
 def reptile_step(theta_c, adapted, step_size):
@@ -43,13 +43,11 @@ def reptile(learner: Learner, beta: float = 1.0) -> MetaRule:
             score = jnp.mean(learner.score(stats))
         else:
             adapted, stats = jax.vmap(learner.adapt, in_axes=(None, 0, 0))(params, tasks, jax.random.split(key, count))
-            scores = jax.vmap(learner.score)(stats)
+            score = task_mean(jax.vmap(learner.score)(stats), weights)
             if weights is None:
                 adapted = jax.tree.map(lambda x: jnp.mean(x, axis=0), adapted)
-                score = jnp.mean(scores)
             else:  # the weighted mean of the adapted parameters [B] -> θ'
                 adapted = jax.tree.map(lambda x: jnp.tensordot(weights, x, axes=1), adapted)
-                score = jnp.sum(weights * jnp.mean(scores.reshape(count, -1), axis=-1))
         params, step_norm = reptile_step(params, adapted, beta / category_size)
         return params, state, {"score": score, "step_norm": step_norm}
 
