@@ -7,9 +7,9 @@
   configuration), run here: ``gridworld_experiment.run(GridworldConfig())``, then
   ``evaluation.summarize``. About 50 s on a 2-core AMD EPYC CPU.
 - ``docs/nav2d_isolated.png``: from the stored evaluation summary
-  ``benchmarks/results/nav2d_isolated-eval-engine.json`` (what ``maml2 evaluate``
+  ``benchmarks/results/nav2d_isolated-equal-eval.json`` (what ``maml2 evaluate``
   wrote for 5 seeds of MAML² and MAML on nav2d-isolated; see docs/results.md), so no
-  hour of training is needed.
+  training is needed.
 - ``docs/halfcheetah_dir.png``: the MAML-TRPO learning curves on halfcheetah-dir, from
   the stored metrics ``benchmarks/results/halfcheetah_dir-*curve.json`` (the
   ``metrics.jsonl`` rows of the ``maml2 train --env halfcheetah-dir`` runs in
@@ -28,7 +28,7 @@ import time
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
-NAV2D_SUMMARY = ROOT / "benchmarks" / "results" / "nav2d_isolated-eval-engine.json"
+NAV2D_SUMMARY = ROOT / "benchmarks" / "results" / "nav2d_isolated-equal-eval.json"
 # The ``metrics.jsonl`` rows of ``maml2 train --env halfcheetah-dir`` runs, with what differs between them.
 CHEETAH_CURVES = [
     (ROOT / "benchmarks" / "results" / "halfcheetah_dir-curve.json", "horizon 50, α = 0.1"),
