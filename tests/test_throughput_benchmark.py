@@ -28,6 +28,7 @@ def test_a_size_that_cannot_fit_is_refused_before_compiling(tmp_path):
     assert proc.stderr.strip().splitlines()[-1] == "every size was refused (above): nothing was measured"
     result = json.loads(out.read_text())
     assert result["rows"] == [] and result["brax_ppo"] is None
+    assert result["cpu_model"].strip()  # the machine is named even when nothing was measured
     assert result["refused"][0]["tasks"] == 4096 and "needs at least" in result["refused"][0]["refused"]
 
 
