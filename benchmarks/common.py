@@ -4,39 +4,18 @@ from __future__ import annotations
 
 import json
 import os
-import platform
-
-import jax
 
 from maml2_jax.io import files
+from maml2_jax.io import machine as machine_lib
 
 
 def machine() -> dict:
-    """The device kind and count, the host's processor model, the host and the JAX version.
+    """What the figures were measured on (:func:`maml2_jax.io.machine.describe`).
 
-    The processor model is recorded because timings, and a CPU run's float rounding,
+    The processor model is among it because timings, and a CPU run's float rounding,
     depend on it; the VMs these figures come from have changed model between sittings.
     """
-    return {
-        "device": str(jax.devices()[0].device_kind),
-        "devices": jax.device_count(),
-        "cpu_model": cpu_model(),
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "jax": jax.__version__,
-    }
-
-
-def cpu_model() -> str:
-    """The host processor's model name (``/proc/cpuinfo``; elsewhere what Python reports)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return machine_lib.describe()
 
 
 def save(result: dict, path: str, quiet: bool = False) -> None:

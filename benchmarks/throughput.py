@@ -249,7 +249,7 @@ def main():
         # After every row too: a run stopped part-way (a time limit on a lent machine)
         # keeps the sizes it measured.
         if lead:
-            common.save({"benchmark": "throughput", **common.machine(), "processes": jax.process_count(),
+            common.save({"benchmark": "throughput", **common.machine(),
                          "env": args.env, "backend": backend, "args": vars(args), "finished": finished, "rows": rows,
                          "refused": refused, "failed": failed, "brax_ppo": ppo}, args.out, quiet=not finished)
 

@@ -15,7 +15,9 @@ family and writes ``DIR/summary.json`` and ``DIR/online.png``.
 
 Conventions shared by the commands: settings from ``--config FILE`` with flags
 overriding it; progress on stderr (``--quiet`` silences it), results on stdout;
-an ``--out`` holding an earlier run is refused unless ``--overwrite``. Exit status:
+an ``--out`` holding an earlier run is refused unless ``--overwrite``; every ``--out``
+keeps ``machines.jsonl``, a line per session naming its machine
+(:mod:`maml2_jax.io.machine`). Exit status:
 2 and one line ``maml2: error: ...`` for bad input, before anything is written; 1
 for a run that diverged (a NaN or infinity); 130 on Ctrl-C, with one line saying how
 to resume.
@@ -141,10 +143,10 @@ _TRAIN_PATHS = {"num_trajectories": "inner.num_trajectories", "inner_steps": "in
 _CONTROL = {"command", "out", "config", "resume", "overwrite", "quiet", "tensorboard", "distributed", "coordinator",
             "num_processes", "process_id", "join_timeout"}
 # Every entry each command writes in --out: what --overwrite may replace.
-GRIDWORLD_OUTPUTS = ("config.json", "summary.json", "adaptation.png", "checkpoint", "tensorboard")
+GRIDWORLD_OUTPUTS = ("config.json", "summary.json", "adaptation.png", "checkpoint", "tensorboard", "machines.jsonl")
 TRAIN_OUTPUTS = ("config.json", "run_config.json", "metrics.jsonl", "params.msgpack", "category_params.msgpack",
-                 "categories.json", "summary.json", "checkpoint", "tensorboard", "seed_*")
-EVALUATE_OUTPUTS = ("config.json", "summary.json", "adaptation.png")
+                 "categories.json", "summary.json", "checkpoint", "tensorboard", "seed_*", "machines.jsonl")
+EVALUATE_OUTPUTS = ("config.json", "summary.json", "adaptation.png", "machines.jsonl")
 
 
 def _config(default, args, explicit: dict, paths: dict):
@@ -170,6 +172,23 @@ def _gridworld_config(args, explicit):
     from maml2_jax.gridworld_experiment import GridworldConfig
 
     return _config(GridworldConfig(), args, explicit, _GRIDWORLD_PATHS)
+
+
+def _record_machine(out: str, resumed: bool, argv: list[str]) -> None:
+    """Impure: appends this session's machine to ``out/machines.jsonl``. On a resume, first
+    notes on stderr (even with --quiet) where the machine differs from the last session's
+    in what decides the bits (:data:`maml2_jax.io.machine.BITWISE`)."""
+    from maml2_jax.io import machine
+
+    if resumed and not os.path.isfile(os.path.join(out, "config.json")):
+        return  # nothing there to resume: the command refuses it with its own message
+    previous = machine.last(out) if resumed else None
+    entry = machine.record(out, "resume" if resumed else "start", argv)
+    changed = machine.changes(previous, entry) if previous is not None else []
+    if changed:
+        print(f"maml2: note: {out} was last run with other "
+              + ", ".join(f"{name} ({previous[name]!r}, now {entry[name]!r})" for name in changed)
+              + ": the resumed run is not bit for bit what an uninterrupted run would give", file=sys.stderr)
 
 
 def _check_resume(out: str, config) -> None:
@@ -212,6 +231,8 @@ def run_gridworld(args, explicit, status) -> None:
             files.write_json(config_path, dataclasses.asdict(config))  # tuples are written as lists
 
         sharding.from_process_zero(claim)
+    if writer:
+        _record_machine(args.out, args.resume, status["argv"])
     stages = {"classify": "learning every task from scratch for its feature (compiling first)",
               "k-means": "clustering tasks into categories",
               "train": "meta-training MAML² and MAML (compiling first)",
@@ -417,6 +438,8 @@ def run_train(args, explicit, status) -> None:
         # The others open the shared checkpoint folder once process 0 has claimed it,
         # and stop with its message when it could not.
         sharding.from_process_zero(lambda: files.claim_directory(out, TRAIN_OUTPUTS, args.overwrite))
+    if writer and args.resume:
+        _record_machine(out, True, status["argv"])
     _load_family_quietly(config)
     status.update(out=out, total=config.iterations, iteration=None, resume=f"maml2 train --resume {out}")
     say = _stderr(args.quiet or not writer)
@@ -426,6 +449,8 @@ def run_train(args, explicit, status) -> None:
 
     def progress(row):
         nonlocal bar
+        if bar is None and writer and not args.resume:
+            _record_machine(out, False, status["argv"])  # once the run's files exist: a failed start leaves none
         if bar is None:
             bar = tqdm(total=config.iterations, initial=row["iteration"], disable=args.quiet or not writer,
                        desc=f"{config.algo} on {config.env}", file=sys.stderr)
@@ -481,7 +506,7 @@ _ONLINE_GRID_ONLY = ("initial_tasks", "outer_iterations", "inner_iterations", "m
 _ONLINE_DEEP_PATHS = {"max_categories": "train.meta.max_categories", "horizon": "train.horizon",
                       "classify_trajectories": "train.classify_trajectories"}
 _ONLINE_DEEP_ONLY = ("initial_pool", "iterations_per_arrival", "steps", "horizon", "classify_trajectories")
-ONLINE_OUTPUTS = ("config.json", "summary.json", "online.png", "checkpoint", "tensorboard")
+ONLINE_OUTPUTS = ("config.json", "summary.json", "online.png", "checkpoint", "tensorboard", "machines.jsonl")
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -572,6 +597,8 @@ def run_online(args, explicit, status) -> None:
         deep_online.check_memory(config)  # a size that cannot fit is refused before --out is claimed
     if not args.resume:
         files.claim_directory(args.out, ONLINE_OUTPUTS, args.overwrite)
+    if args.resume:
+        _record_machine(args.out, True, status["argv"])
     resume = " ".join(["maml2", "online", *_argv_without(status["argv"], "--overwrite"),
                        *([] if args.resume else ["--resume"])])
     status.update(out=args.out, total=config.arrivals, iteration=None, resume=resume)
@@ -602,6 +629,7 @@ def _run_grid_online(config, args, bar, status):
     else:
         os.makedirs(args.out, exist_ok=True)
         files.write_json(config_path, dataclasses.asdict(config))  # tuples are written as lists
+        _record_machine(args.out, False, status["argv"])
 
     def progress(done, total):
         status.update(iteration=done if done else None)
@@ -626,7 +654,12 @@ def _run_deep_online(config, args, bar, status):
     from maml2_jax import deep_online
     from maml2_jax.io import files
 
+    recorded = [bool(args.resume)]  # a resume recorded its session before it started
+
     def progress(row):
+        if not recorded[0]:
+            _record_machine(args.out, False, status["argv"])  # once the run's files exist: a failed start leaves none
+            recorded[0] = True
         status.update(iteration=row["arrival"] + 1)
         bar.update()
 
@@ -704,6 +737,7 @@ def run_evaluate(args, explicit, status) -> None:
     print(deep_evaluation.table(summary))
     _write_evaluation(args.out, summary, {"runs": runs, "tasks": args.tasks, "steps": args.steps, "seed": args.seed,
                                           "reset_rule": args.reset_rule, "num_trajectories": args.num_trajectories})
+    _record_machine(args.out, False, status["argv"])
 
 
 def _pool_evaluations(args, explicit) -> None:

@@ -28,7 +28,7 @@ def test_tiny_run_writes_summary_and_figure(tmp_path, capsys):
     assert f"{summary['mean_steps']['lfs']['1']:.1f}" in table
     assert (out / "adaptation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # No temporary files left; the checkpoint of the stages and the config are kept for --resume.
-    assert sorted(os.listdir(out)) == ["adaptation.png", "checkpoint", "config.json", "summary.json"]
+    assert sorted(os.listdir(out)) == ["adaptation.png", "checkpoint", "config.json", "machines.jsonl", "summary.json"]
 
 
 def test_custom_maze_defaults_to_a_group_per_task(tmp_path):

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from maml2_jax.io import compile_cache
+from maml2_jax.io import compile_cache, machine
 
 SMALL = ["--runs", "2", "--outer-iterations", "2", "--inner-iterations", "3", "--maml-iterations", "30",
          "--classify-episodes", "300", "--quiet"]
@@ -24,7 +24,7 @@ def test_directory_from_the_environment(monkeypatch, tmp_path):
     default = compile_cache.default_directory()
     # Per machine: the folder name is a hash of this processor's model and flags.
     assert os.path.dirname(default) == str(tmp_path / ".cache" / "maml2_jax" / "xla")
-    assert os.path.basename(default) == compile_cache._machine()
+    assert os.path.basename(default) == machine.fingerprint()
 
 
 @pytest.mark.slow  # two fresh processes compiling the experiment

@@ -40,6 +40,7 @@ def test_summary_reports_every_method_per_category(runs, tmp_path, capsys):
     assert cli.main(["evaluate", str(runs), "--out", str(out), "--tasks", str(TASKS), "--steps", str(STEPS)]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert (out / "adaptation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [json.loads(line)["argv"][0] for line in (out / "machines.jsonl").read_text().splitlines()] == ["evaluate"]
     assert summary["env"] == "nav2d-isolated" and summary["steps"] == STEPS
     # The isolated family's three ground-truth categories; 10% of 8 tasks is isolated.
     assert summary["categories"] == {"0": 4, "1": 3, "2": 1}

@@ -15,24 +15,13 @@ must not share the folder. A cache directory already given to JAX
 
 from __future__ import annotations
 
-import hashlib
 import os
-import platform
+
+from maml2_jax.io import machine
 
 ENV = "MAML2_COMPILE_CACHE"
 # Programs that compile faster than this are not worth a disk round trip.
 MIN_COMPILE_SECONDS = 0.25
-
-
-def _machine() -> str:
-    """A short hash of this machine's processor model and instruction-set flags."""
-    description = [platform.machine(), platform.processor()]
-    try:
-        with open("/proc/cpuinfo") as f:
-            description += sorted({line for line in f if line.startswith(("model name", "flags"))})
-    except OSError:
-        pass
-    return hashlib.sha256("\n".join(description).encode()).hexdigest()[:12]
 
 
 def default_directory() -> str | None:
@@ -42,7 +31,7 @@ def default_directory() -> str | None:
         return None
     if chosen:
         return os.path.expanduser(chosen)
-    return os.path.join(os.path.expanduser("~"), ".cache", "maml2_jax", "xla", _machine())
+    return os.path.join(os.path.expanduser("~"), ".cache", "maml2_jax", "xla", machine.fingerprint())
 
 
 def enable(directory: str | None = None) -> str | None:
