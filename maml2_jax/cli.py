@@ -180,7 +180,7 @@ def _record_machine(out: str, resumed: bool, argv: list[str]) -> None:
     in what decides the bits (:data:`maml2_jax.io.machine.BITWISE`)."""
     from maml2_jax.io import machine
 
-    if resumed and not os.path.isfile(os.path.join(out, "config.json")):
+    if resumed and not any(os.path.isfile(os.path.join(out, name)) for name in ("config.json", "run_config.json")):
         return  # nothing there to resume: the command refuses it with its own message
     previous = machine.last(out) if resumed else None
     entry = machine.record(out, "resume" if resumed else "start", argv)

@@ -49,7 +49,9 @@ TINY = ["--env", "nav2d", "--algo", "maml", "--rule", "adam", "--horizon", "5", 
 
 def test_a_resume_on_another_machine_is_noted_even_quietly(tmp_path, capsys):
     out = tmp_path / "run"
-    assert cli.main(["train", *TINY, "--outer-iterations", "2", "--out", str(out)]) == 0
+    # Two seeds: the record is the whole run's, beside run_config.json and seed_<s>/.
+    assert cli.main(["train", *TINY, "--seeds", "2", "--outer-iterations", "2", "--out", str(out)]) == 0
+    assert (out / "run_config.json").exists() and not (out / "seed_1" / machine.FILE).exists()
     [start] = _sessions(out)
     assert start["event"] == "start" and start["cpu_fingerprint"] == machine.fingerprint()
     assert start["argv"][:2] == ["train", "--env"] and str(out) in start["argv"]
