@@ -21,6 +21,7 @@ import jax.numpy as jnp
 
 import common  # beside this file
 from maml2_jax.envs import brax_tasks
+from maml2_jax.io import machine
 
 
 def _make_run(family, num_envs: int, num_steps: int):
@@ -83,7 +84,7 @@ def main():
 
     def write(finished):
         # After every row too: a run stopped part-way keeps what it measured.
-        common.save({"benchmark": "brax_backends", **common.machine(), "envs": args.envs, "steps": args.steps,
+        common.save({"benchmark": "brax_backends", **machine.describe(), "envs": args.envs, "steps": args.steps,
                      "repeats": args.repeats, "finished": finished, "results": rows}, args.out, quiet=not finished)
 
     print(f"{'family':<18}{'backend':<13}{'compile s':>10}{'steps/s':>10}")

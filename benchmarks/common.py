@@ -1,4 +1,4 @@
-"""What every benchmark script records: the machine, and the JSON it writes."""
+"""How every benchmark script saves its figures (beside them, ``maml2_jax.io.machine.describe()``)."""
 
 from __future__ import annotations
 
@@ -6,16 +6,6 @@ import json
 import os
 
 from maml2_jax.io import files
-from maml2_jax.io import machine as machine_lib
-
-
-def machine() -> dict:
-    """What the figures were measured on (:func:`maml2_jax.io.machine.describe`).
-
-    The processor model is among it because timings, and a CPU run's float rounding,
-    depend on it; the VMs these figures come from have changed model between sittings.
-    """
-    return machine_lib.describe()
 
 
 def save(result: dict, path: str, quiet: bool = False) -> None:

@@ -39,6 +39,8 @@ import time
 
 import common  # noqa: E402  (beside this file)
 
+from maml2_jax.io import machine  # noqa: E402
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 BENCHES = ("gridworld", "meta_iteration")
 
@@ -130,7 +132,7 @@ def compare(args, scratch: str, worktrees: list) -> None:
             return time_gridworld(tree, scratch, caches[role])
         return time_meta_iteration(tree, scratch, args.iterations)
 
-    result = {"benchmark": "compare", **common.machine(), "old": trees["old"][1], "new": trees["new"][1],
+    result = {"benchmark": "compare", **machine.describe(), "old": trees["old"][1], "new": trees["new"][1],
               "alternations": args.alternations, "warm_cache": args.warm_cache, "benches": {}}
     print(f"OLD = {trees['old'][1]}\nNEW = {trees['new'][1]}\non {os.cpu_count()} cores, {result['device']}")
     for bench in args.bench:

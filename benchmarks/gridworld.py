@@ -32,6 +32,7 @@ import common  # noqa: E402  (beside this file)
 from maml2_jax import gridworld_experiment  # noqa: E402
 from maml2_jax.core import classification  # noqa: E402
 from maml2_jax.gridworld_experiment import GridworldConfig  # noqa: E402
+from maml2_jax.io import machine  # noqa: E402
 
 
 def main():
@@ -93,7 +94,7 @@ def main():
     median = statistics.median(seconds)
     result = {
         "benchmark": "gridworld",
-        **common.machine(),
+        **machine.describe(),
         "runs": config.runs,
         "maml_iterations": config.maml_iterations,
         "outer_iterations": config.outer_iterations,

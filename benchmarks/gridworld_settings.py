@@ -32,6 +32,7 @@ from maml2_jax import evaluation, gridworld_experiment, lane_maml2  # noqa: E402
 from maml2_jax.core import classification  # noqa: E402
 from maml2_jax.errors import ConfigError  # noqa: E402
 from maml2_jax.gridworld_experiment import GridworldConfig, GridworldResult  # noqa: E402
+from maml2_jax.io import machine  # noqa: E402
 from maml2_jax.learners.sarsa import make_sarsa  # noqa: E402
 
 DEFAULT_SETTINGS = ",".join([
@@ -130,7 +131,7 @@ def main():
     print("\nsettings where every claim holds, per seed:")
     for setting, holds in per_setting.items():
         print(f"  {setting:>18}: {sum(holds)}/{len(holds)}")
-    common.save({"benchmark": "gridworld_settings", **common.machine(), "runs": args.runs, "rows": rows}, args.out)
+    common.save({"benchmark": "gridworld_settings", **machine.describe(), "runs": args.runs, "rows": rows}, args.out)
 
 
 if __name__ == "__main__":

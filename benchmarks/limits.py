@@ -49,6 +49,7 @@ import common  # noqa: E402  (beside this file)
 from maml2_jax import gridworld_experiment, trpo  # noqa: E402
 from maml2_jax.core import classification  # noqa: E402
 from maml2_jax.deep_training import Parts, TrainConfig  # noqa: E402
+from maml2_jax.io import machine  # noqa: E402
 from maml2_jax.learners.sarsa import make_sarsa  # noqa: E402
 from maml2_jax.returns import episode_weights  # noqa: E402
 from maml2_jax.rules import maml_trpo  # noqa: E402
@@ -72,7 +73,7 @@ def _flops(fn, *args) -> float:
     return float(jax.jit(fn).lower(*args).compile().cost_analysis()["flops"])
 
 
-def machine() -> dict:
+def measure_rates() -> dict:
     """The machine's measured rates."""
     devices = jax.devices()
     square = jax.device_put(jnp.ones((2048, 2048), jnp.float32), devices[0])
@@ -156,7 +157,7 @@ def main():
     parser.add_argument("--out", default="benchmarks/results/limits.json")
     args = parser.parse_args()
 
-    rates = machine()
+    rates = measure_rates()
     maml = maml_trpo_work(args.iterations)
     grid = gridworld_work()
 
@@ -166,7 +167,7 @@ def main():
     throughput_floor = grid["lane_ticks"] * grid["ops_per_tick"] / (rates["elementwise_gops_all_cores"] * 1e9)
     per_tick_floor = (rates["loop_ns_per_iteration"] + grid["ops_per_tick"] * NS_PER_DEPENDENT_OP) * 1e-9
     latency_floor = grid["slowest_lane_ticks"] * per_tick_floor
-    result = {"benchmark": "limits", **common.machine(), "machine_rates": rates, "maml_trpo": maml,
+    result = {"benchmark": "limits", **machine.describe(), "machine_rates": rates, "maml_trpo": maml,
               "gridworld_train": grid,
               "fractions": {"maml_trpo_product": product_rate / matmul, "maml_trpo_iteration": iteration_rate / matmul,
                             "gridworld_train_throughput": throughput_floor / grid["seconds"],

@@ -34,6 +34,7 @@ import common  # noqa: E402  (beside this file)
 from maml2_jax import trpo  # noqa: E402
 from maml2_jax.core import train as engine_lib  # noqa: E402
 from maml2_jax.deep_training import Parts, TrainConfig  # noqa: E402
+from maml2_jax.io import machine  # noqa: E402
 
 
 def _time(step, carry, count):
@@ -103,7 +104,7 @@ def main():
     env_steps = 2 * 20 * 20 * 100  # inner and outer batches
     result = {
         "benchmark": "meta_iteration",
-        **common.machine(),
+        **machine.describe(),
         "config": "nav2d, 20 tasks x 20 trajectories x 100 steps, 64x64 tanh, 1 inner step, TRPO CG 10",
         **figures,
         "env_steps_per_iteration": env_steps,

@@ -51,6 +51,7 @@ import common  # noqa: E402  (beside this file)
 from maml2_jax import cli, deep_training, envs  # noqa: E402
 from maml2_jax.core import train as engine_lib  # noqa: E402
 from maml2_jax.errors import ConfigError, first_line  # noqa: E402
+from maml2_jax.io import machine  # noqa: E402
 from maml2_jax.learners.policy_gradient import PolicyGradientConfig  # noqa: E402
 
 
@@ -249,7 +250,7 @@ def main():
         # After every row too: a run stopped part-way (a time limit on a lent machine)
         # keeps the sizes it measured.
         if lead:
-            common.save({"benchmark": "throughput", **common.machine(),
+            common.save({"benchmark": "throughput", **machine.describe(),
                          "env": args.env, "backend": backend, "args": vars(args), "finished": finished, "rows": rows,
                          "refused": refused, "failed": failed, "brax_ppo": ppo}, args.out, quiet=not finished)
 

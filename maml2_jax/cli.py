@@ -17,7 +17,8 @@ Conventions shared by the commands: settings from ``--config FILE`` with flags
 overriding it; progress on stderr (``--quiet`` silences it), results on stdout;
 an ``--out`` holding an earlier run is refused unless ``--overwrite``; every ``--out``
 keeps ``machines.jsonl``, a line per session naming its machine
-(:mod:`maml2_jax.io.machine`). Exit status:
+(:mod:`maml2_jax.io.machine`), and a resume on another kind of machine is noted on
+stderr (even with ``--quiet``) in one line ``maml2: note: ...``. Exit status:
 2 and one line ``maml2: error: ...`` for bad input, before anything is written; 1
 for a run that diverged (a NaN or infinity); 130 on Ctrl-C, with one line saying how
 to resume.
@@ -174,23 +175,6 @@ def _gridworld_config(args, explicit):
     return _config(GridworldConfig(), args, explicit, _GRIDWORLD_PATHS)
 
 
-def _record_machine(out: str, resumed: bool, argv: list[str]) -> None:
-    """Impure: appends this session's machine to ``out/machines.jsonl``. On a resume, first
-    notes on stderr (even with --quiet) where the machine differs from the last session's
-    in what decides the bits (:data:`maml2_jax.io.machine.BITWISE`)."""
-    from maml2_jax.io import machine
-
-    if resumed and not any(os.path.isfile(os.path.join(out, name)) for name in ("config.json", "run_config.json")):
-        return  # nothing there to resume: the command refuses it with its own message
-    previous = machine.last(out) if resumed else None
-    entry = machine.record(out, "resume" if resumed else "start", argv)
-    changed = machine.changes(previous, entry) if previous is not None else []
-    if changed:
-        print(f"maml2: note: {out} was last run with other "
-              + ", ".join(f"{name} ({previous[name]!r}, now {entry[name]!r})" for name in changed)
-              + ": the resumed run is not bit for bit what an uninterrupted run would give", file=sys.stderr)
-
-
 def _check_resume(out: str, config) -> None:
     """ConfigError unless ``out/config.json`` is readable and holds ``config``'s settings
     (:func:`maml2_jax.io.config_files.same_settings`)."""
@@ -212,7 +196,7 @@ def run_gridworld(args, explicit, status) -> None:
     import jax
 
     from maml2_jax import evaluation, gridworld_experiment, sharding
-    from maml2_jax.io import files
+    from maml2_jax.io import files, machine
     from maml2_jax.io.checkpoint import Checkpoints
 
     config = _gridworld_config(args, explicit)
@@ -232,7 +216,7 @@ def run_gridworld(args, explicit, status) -> None:
 
         sharding.from_process_zero(claim)
     if writer:
-        _record_machine(args.out, args.resume, status["argv"])
+        machine.session(args.out, args.resume, status["argv"])
     stages = {"classify": "learning every task from scratch for its feature (compiling first)",
               "k-means": "clustering tasks into categories",
               "train": "meta-training MAML² and MAML (compiling first)",
@@ -438,8 +422,6 @@ def run_train(args, explicit, status) -> None:
         # The others open the shared checkpoint folder once process 0 has claimed it,
         # and stop with its message when it could not.
         sharding.from_process_zero(lambda: files.claim_directory(out, TRAIN_OUTPUTS, args.overwrite))
-    if writer and args.resume:
-        _record_machine(out, True, status["argv"])
     _load_family_quietly(config)
     status.update(out=out, total=config.iterations, iteration=None, resume=f"maml2 train --resume {out}")
     say = _stderr(args.quiet or not writer)
@@ -449,8 +431,6 @@ def run_train(args, explicit, status) -> None:
 
     def progress(row):
         nonlocal bar
-        if bar is None and writer and not args.resume:
-            _record_machine(out, False, status["argv"])  # once the run's files exist: a failed start leaves none
         if bar is None:
             bar = tqdm(total=config.iterations, initial=row["iteration"], disable=args.quiet or not writer,
                        desc=f"{config.algo} on {config.env}", file=sys.stderr)
@@ -460,7 +440,7 @@ def run_train(args, explicit, status) -> None:
 
     try:
         _, histories = deep_training.train(config, out, progress, resume=bool(args.resume), notify=say,
-                                           tensorboard=args.tensorboard, writer=writer)
+                                           tensorboard=args.tensorboard, writer=writer, argv=status["argv"])
     finally:
         if bar is not None:
             bar.close()
@@ -597,8 +577,6 @@ def run_online(args, explicit, status) -> None:
         deep_online.check_memory(config)  # a size that cannot fit is refused before --out is claimed
     if not args.resume:
         files.claim_directory(args.out, ONLINE_OUTPUTS, args.overwrite)
-    if args.resume:
-        _record_machine(args.out, True, status["argv"])
     resume = " ".join(["maml2", "online", *_argv_without(status["argv"], "--overwrite"),
                        *([] if args.resume else ["--resume"])])
     status.update(out=args.out, total=config.arrivals, iteration=None, resume=resume)
@@ -620,7 +598,7 @@ def run_online(args, explicit, status) -> None:
 
 def _run_grid_online(config, args, bar, status):
     from maml2_jax import online, plotting
-    from maml2_jax.io import files
+    from maml2_jax.io import files, machine
     from maml2_jax.io.checkpoint import Checkpoints
 
     config_path = os.path.join(args.out, "config.json")
@@ -629,7 +607,7 @@ def _run_grid_online(config, args, bar, status):
     else:
         os.makedirs(args.out, exist_ok=True)
         files.write_json(config_path, dataclasses.asdict(config))  # tuples are written as lists
-        _record_machine(args.out, False, status["argv"])
+    machine.session(args.out, bool(args.resume), status["argv"])
 
     def progress(done, total):
         status.update(iteration=done if done else None)
@@ -654,18 +632,13 @@ def _run_deep_online(config, args, bar, status):
     from maml2_jax import deep_online
     from maml2_jax.io import files
 
-    recorded = [bool(args.resume)]  # a resume recorded its session before it started
-
     def progress(row):
-        if not recorded[0]:
-            _record_machine(args.out, False, status["argv"])  # once the run's files exist: a failed start leaves none
-            recorded[0] = True
         status.update(iteration=row["arrival"] + 1)
         bar.update()
 
     with _silenced():  # brax families print chatter while they load
         deep_online.method_parts(config, config.methods[0])
-    summary = deep_online.run(config, args.out, progress, resume=args.resume)
+    summary = deep_online.run(config, args.out, progress, resume=args.resume, argv=status["argv"])
     if args.tensorboard:
         _online_events({f"{m}/return_after_1": [row[1] for row in entry["by_arrival_mean"]]
                         for m, entry in summary["methods"].items()}, os.path.join(args.out, "tensorboard"))
@@ -719,7 +692,7 @@ def run_evaluate(args, explicit, status) -> None:
     from tqdm import tqdm
 
     from maml2_jax import deep_evaluation
-    from maml2_jax.io import files
+    from maml2_jax.io import files, machine
 
     if args.pool:
         _pool_evaluations(args, explicit)
@@ -737,7 +710,7 @@ def run_evaluate(args, explicit, status) -> None:
     print(deep_evaluation.table(summary))
     _write_evaluation(args.out, summary, {"runs": runs, "tasks": args.tasks, "steps": args.steps, "seed": args.seed,
                                           "reset_rule": args.reset_rule, "num_trajectories": args.num_trajectories})
-    _record_machine(args.out, False, status["argv"])
+    machine.session(args.out, False, status["argv"])
 
 
 def _pool_evaluations(args, explicit) -> None:
@@ -923,12 +896,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _note(message, category, filename, lineno, file=None, line=None) -> None:
+    """Shows a warning meant for the user (the only ones :func:`main` lets through) as one line."""
+    print(f"maml2: note: {message}", file=sys.stderr, flush=True)
+
+
 def main(argv=None) -> int:
     """The ``maml2`` command. Returns the exit status: 0, 2 for bad input, 1 for a
     diverged run, 130 on Ctrl-C (which exits at once)."""
     from maml2_jax import sharding
     from maml2_jax.errors import NonFiniteError
-    from maml2_jax.io import compile_cache
+    from maml2_jax.io import compile_cache, machine
 
     sharding.use_host_cores()  # before JAX starts; no effect on GPU/TPU
     compile_cache.enable()  # later runs of the same settings skip compilation
@@ -938,6 +916,9 @@ def main(argv=None) -> int:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # dependencies' deprecation notices are not the user's business
+            # A resume on another kind of machine is: one line on stderr, even with --quiet.
+            warnings.simplefilter("always", machine.MachineChanged)
+            warnings.showwarning = _note
             parser = build_parser()
             args = parser.parse_args(argv)
             explicit = _explicit_flags(parser, argv)

@@ -87,7 +87,7 @@ from maml2_jax.core.readaptation import RESET_RULES, adaptation_curve, rule_note
 from maml2_jax.core.types import RunState, take
 from maml2_jax.envs import nav2d
 from maml2_jax.errors import ConfigError, check_choice, check_non_negative_int, check_positive_int, check_seed
-from maml2_jax.io import config_files, files
+from maml2_jax.io import config_files, files, machine
 from maml2_jax.io.checkpoint import Checkpoints
 from maml2_jax.online import MAML, MAML2_AUTO, method_categories
 
@@ -370,18 +370,20 @@ def _config_json(config: OnlineDeepConfig) -> dict:
 
 
 def run(config: OnlineDeepConfig, out: str | None = None, progress: Callable[[dict], None] | None = None,
-        resume: bool = False, stop_after: int | None = None) -> dict:
+        resume: bool = False, stop_after: int | None = None, argv: list[str] | None = None) -> dict:
     """The online experiment: every method, every trial, every arrival. Impure: writes to ``out``.
 
     Args:
       config: the experiment.
-      out: output directory (``config.json``, ``checkpoint/``, ``summary.json``), or
-        None for no files. The caller claims it (``files.claim_directory(out, OUTPUTS, …)``).
+      out: output directory (``config.json``, ``checkpoint/``, ``summary.json``,
+        ``machines.jsonl``: :func:`maml2_jax.io.machine.session`), or None for no
+        files. The caller claims it (``files.claim_directory(out, OUTPUTS, …)``).
       progress: called after each arrival with ``{"arrival", "seconds", "return_after_1"
         {method: mean over trials}, "categories" {method: mean N}, "ari" {method: mean}}``.
       resume: continue from the newest checkpoint in ``out``, whose ``config.json`` must
         equal ``config``; a run stopped before its first checkpoint starts over.
       stop_after: stop after this many arrivals in all (a pause; resume later).
+      argv: the command line kept in ``machines.jsonl`` (default ``sys.argv[1:]``).
 
     Returns:
       The summary (:func:`summarize`), also written to ``out/summary.json`` once all
@@ -406,6 +408,7 @@ def run(config: OnlineDeepConfig, out: str | None = None, progress: Callable[[di
         else:
             os.makedirs(out, exist_ok=True)
             files.write_json(config_path, _config_json(config))
+        machine.session(out, resume, argv)
         checkpoints = Checkpoints(os.path.join(out, CHECKPOINT_DIR))
     started = time.perf_counter()
     last = [started]

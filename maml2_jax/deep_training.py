@@ -42,7 +42,7 @@ from maml2_jax.core.config import MetaConfig
 from maml2_jax.core.types import RunState
 from maml2_jax.errors import (ConfigError, check_choice, check_float, check_non_negative_int, check_positive_int,
                               check_seed, first_line)
-from maml2_jax.io import files
+from maml2_jax.io import files, machine
 from maml2_jax.io.checkpoint import Checkpoints
 from maml2_jax.io.tensorboard import ScalarWriter
 from maml2_jax.learners.policy_gradient import (FEATURES, PolicyGradientConfig, make_policy_gradient_adapter,
@@ -464,7 +464,7 @@ def _read_metrics(path: str, before: int) -> list[dict]:
 
 def train(config: TrainConfig, out: str | None = None, progress: Callable[[dict], None] | None = None,
           resume: bool = False, stop_after: int | None = None, notify: Callable[[str], None] | None = None,
-          tensorboard: bool = False, writer: bool = True):
+          tensorboard: bool = False, writer: bool = True, argv: list[str] | None = None):
     """Runs the meta-training. Impure: writes to ``out`` (nothing when None).
 
     Per seed directory (:func:`seed_dirs`): ``config.json`` (written first),
@@ -473,8 +473,10 @@ def train(config: TrainConfig, out: str | None = None, progress: Callable[[dict]
     ``categories.json`` (the pool, its labels at every classification, the pool's
     ground-truth categories) and ``summary.json`` (the last row, wall time, the files).
     ``out/checkpoint/`` holds the whole run state every ``checkpoint_every``
-    iterations and at the end. With ``tensorboard``, every scalar of every row also
-    goes to TensorBoard event files in ``<seed dir>/tensorboard/``.
+    iterations and at the end; ``out/machines.jsonl`` a line per session
+    (:func:`maml2_jax.io.machine.session`, which warns on a resume on another kind
+    of machine). With ``tensorboard``, every scalar of every row also goes to
+    TensorBoard event files in ``<seed dir>/tensorboard/``.
 
     A step that produces a NaN or an infinity (θ, θ_c, the rule state or any metric)
     raises :class:`~maml2_jax.errors.NonFiniteError` before anything of that step is
@@ -493,6 +495,7 @@ def train(config: TrainConfig, out: str | None = None, progress: Callable[[dict]
       writer: False for every process but one of a multi-process run: it joins the
         checkpoints in ``out`` (orbax saves and restores with every process taking
         part) but writes no other file.
+      argv: the command line kept in ``machines.jsonl`` (default ``sys.argv[1:]``).
 
     Returns:
       ``(state, history)``: the final :class:`~maml2_jax.core.types.RunState`
@@ -524,6 +527,8 @@ def train(config: TrainConfig, out: str | None = None, progress: Callable[[dict]
         if checkpoints is not None:
             checkpoints.close()  # orbax's manager holds threads; a refused resume must not leak them
         raise
+    if out is not None and writer:
+        machine.session(out, resume, argv)
     logs = [files.MetricsLog(os.path.join(d, "metrics.jsonl"), histories[s]) for s, d in enumerate(dirs)] \
         if writer else []
     boards = [ScalarWriter(os.path.join(d, "tensorboard")) for d in dirs] if tensorboard and writer else []

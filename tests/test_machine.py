@@ -1,13 +1,17 @@
 """machines.jsonl: every output directory names the machine and software that computed
 it, and a resume on another kind of machine says that its bits will differ."""
 
+import dataclasses
 import json
+import sys
 
 import jax
 import pytest
 
-from maml2_jax import cli
+from maml2_jax import cli, deep_training
 from maml2_jax.io import machine
+from maml2_jax.learners.policy_gradient import PolicyGradientConfig
+from maml2_jax.networks import PolicyConfig
 
 RECORDED = {"event": "start", "time": "2026-01-01T00:00:00Z", "argv": ["train"], "jax_platform": "cpu", "device": "cpu",
             "devices": 1, "cpu_model": "A", "cpu_fingerprint": "0123456789ab", "cpu_count": 2, "jax": "0.1",
@@ -43,6 +47,12 @@ def _sessions(out):
     return [json.loads(line) for line in (out / machine.FILE).read_text().splitlines()]
 
 
+def _edit_last(out, **fields):
+    sessions = _sessions(out)
+    sessions[-1].update(fields)
+    (out / machine.FILE).write_text("".join(json.dumps(s) + "\n" for s in sessions))
+
+
 TINY = ["--env", "nav2d", "--algo", "maml", "--rule", "adam", "--horizon", "5", "--meta-batch-size", "2",
         "--num-trajectories", "2", "--devices", "1", "--quiet"]
 
@@ -60,15 +70,30 @@ def test_a_resume_on_another_machine_is_noted_even_quietly(tmp_path, capsys):
     assert cli.main(["train", "--resume", str(out), "--outer-iterations", "3", "--quiet"]) == 0
     assert "maml2: note" not in capsys.readouterr().err
     # The last session ran with another instruction-set cap: the next resume says so.
-    sessions = _sessions(out)
-    assert [s["event"] for s in sessions] == ["start", "resume"]
-    sessions[-1]["xla_flags"] = "--xla_cpu_max_isa=SSE4_2"
-    (out / machine.FILE).write_text("".join(json.dumps(s) + "\n" for s in sessions))
+    assert [s["event"] for s in _sessions(out)] == ["start", "resume"]
+    _edit_last(out, xla_flags="--xla_cpu_max_isa=SSE4_2")
     assert cli.main(["train", "--resume", str(out), "--outer-iterations", "4", "--quiet"]) == 0
     note = capsys.readouterr().err.strip()
     assert note.startswith("maml2: note:") and "xla_flags ('--xla_cpu_max_isa=SSE4_2', now" in note
     assert "not bit for bit" in note and "\n" not in note
     assert [s["event"] for s in _sessions(out)] == ["start", "resume", "resume"]
+
+
+def test_training_from_python_keeps_the_record_and_warns(tmp_path):
+    # A notebook calls the library, not the command: the run keeps its record all the same.
+    config = deep_training.TrainConfig(
+        env="nav2d", algo="maml", rule="adam", horizon=5, meta_batch_size=2, devices=1,
+        policy=PolicyConfig(hidden_sizes=(8,)), inner=PolicyGradientConfig(num_trajectories=2),
+        meta=dataclasses.replace(deep_training.DEEP_SCHEDULE, outer_iterations=1))
+    out = tmp_path / "run"
+    deep_training.train(config, str(out), argv=["from", "a", "notebook"])
+    [start] = _sessions(out)
+    assert start["event"] == "start" and start["argv"] == ["from", "a", "notebook"]
+    _edit_last(out, jaxlib="0.0.1")
+    with pytest.warns(machine.MachineChanged, match=r"jaxlib \('0\.0\.1', now '"):
+        deep_training.train(deep_training.extend(str(out), 2), str(out), resume=True)
+    resumed = _sessions(out)[-1]
+    assert resumed["event"] == "resume" and resumed["argv"] == sys.argv[1:]
 
 
 @pytest.mark.parametrize("damage", ["", "{\"event\": \"sta"])
@@ -91,6 +116,9 @@ def test_online_runs_record_each_session_and_a_refused_start_leaves_nothing(tmp_
     assert cli.main([*GRID_ONLINE, "--out", str(grid), "--resume"]) == 0
     assert [s["event"] for s in _sessions(grid)] == ["start", "resume"]
     assert cli.main([*DEEP_ONLINE, "--out", str(deep)]) == 0
+    assert [s["event"] for s in _sessions(deep)] == ["start"]
+    # A resume refused for other settings computes nothing, so it adds no session.
+    assert cli.main([*DEEP_ONLINE, "--steps", "2", "--out", str(deep), "--resume"]) == 2
     assert [s["event"] for s in _sessions(deep)] == ["start"]
     # Settings refused before the run starts: no directory, so no record either.
     refused = tmp_path / "refused"

@@ -7,7 +7,7 @@ jaxlib and the same ``XLA_FLAGS``; on another, the same conclusions with other
 bits. Every ``maml2`` output directory therefore keeps ``machines.jsonl``: one line
 per session that wrote it (the start, then each resume), so a result can be traced to
 what computed it and a resume on another machine is noticed. Impure (reads
-``/proc/cpuinfo`` and the environment; :func:`record` writes).
+``/proc/cpuinfo`` and the environment; :func:`session` writes).
 """
 
 from __future__ import annotations
@@ -18,11 +18,17 @@ import os
 import platform
 import sys
 import time
+import warnings
 
 FILE = "machines.jsonl"
 # The fields that decide the bits of a run: a resume where one of them differs
 # continues with other rounding. The host processor counts only where it computes.
 BITWISE = ("jax_platform", "device", "cpu_fingerprint", "jax", "jaxlib", "xla_flags")
+
+
+class MachineChanged(UserWarning):
+    """A run resumes on a machine that differs from its last session's in :data:`BITWISE`:
+    it goes on correctly, but not bit for bit as an uninterrupted run would."""
 
 
 def cpu_model() -> str:
@@ -101,14 +107,24 @@ def last(out: str) -> dict | None:
     return entry if isinstance(entry, dict) else None
 
 
-def record(out: str, event: str, argv: list[str] | None = None) -> dict:
-    """Appends this session (``event``: ``"start"`` or ``"resume"``) to ``out/machines.jsonl``.
+def session(out: str, resumed: bool, argv: list[str] | None = None) -> dict:
+    """Appends this session to ``out/machines.jsonl``: the event (``"start"``, or
+    ``"resume"`` when ``resumed``), the UTC time, the command's arguments (``argv``,
+    default ``sys.argv[1:]``) and :func:`describe`. Returns the line written.
 
-    Returns the line written: the event, the UTC time, the command's arguments
-    (``argv``, default ``sys.argv[1:]``) and :func:`describe`.
+    Runs call it once their own files are in ``out`` (a refused start leaves no
+    record). On a resume whose machine differs from the last session's (:func:`changes`)
+    it warns :class:`MachineChanged` first, naming each field with both values.
     """
-    entry = {"event": event, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    previous = last(out) if resumed else None
+    entry = {"event": "resume" if resumed else "start", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
              "argv": list(sys.argv[1:] if argv is None else argv), **describe()}
+    changed = changes(previous, entry) if previous is not None else []
+    if changed:
+        warnings.warn(f"{out} was last run with other "
+                      + ", ".join(f"{name} ({previous[name]!r}, now {entry[name]!r})" for name in changed)
+                      + ": the resumed run is not bit for bit what an uninterrupted run would give",
+                      MachineChanged, stacklevel=2)
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, FILE), "a") as f:
         f.write(json.dumps(entry) + "\n")
