@@ -94,11 +94,12 @@ def _train(algo: str) -> list[str]:
     return [sys.executable, "-m", "maml2_jax.cli", "train", *TINY[algo]]
 
 
-@pytest.mark.parametrize("algo", ["maml", "maml2"])
+# MAML² runs MAML's meta-update on every category and θ, and classifies between
+# iterations: it covers MAML's path, so MAML alone is a slow check (a minute on two cores).
+@pytest.mark.parametrize("algo", [pytest.param("maml", marks=pytest.mark.slow), "maml2"])
 def test_two_processes_equal_one_process_with_two_devices(tmp_path, algo):
-    single, one_device, shared = (str(tmp_path / name) for name in ("single", "one_device", "shared"))
+    single, shared = str(tmp_path / "single"), str(tmp_path / "shared")
     _single(_train(algo), single, devices=2)
-    _single(_train(algo), one_device, devices=1)
     outputs = _finish(_launch(_train(algo), 2, "--out", shared, stdout=subprocess.PIPE))
     # Only process 0 reports; stdout holds its results alone (not gloo's connection notice).
     assert outputs[0][0].splitlines()[-1] == f"wrote {shared}" and outputs[1][0] == ""
@@ -106,9 +107,12 @@ def test_two_processes_equal_one_process_with_two_devices(tmp_path, algo):
     rows = _rows(shared)
     assert len(rows) == len(_rows(single)) > 0
     assert rows == _rows(single)
-    _first_iterations_agree(rows, _rows(one_device))
     if algo == "maml2":  # classification saw every task's feature: the same labels
         assert any(row.get("classified") for row in rows)
+    else:  # a single device has no cross-device sums: equal to rounding only (slow, as is four processes')
+        one_device = str(tmp_path / "one_device")
+        _single(_train(algo), one_device, devices=1)
+        _first_iterations_agree(rows, _rows(one_device))
 
 
 @pytest.mark.parametrize("count", [2, pytest.param(4, marks=pytest.mark.slow)])  # four: ~40 s on two cores
