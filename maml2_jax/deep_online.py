@@ -408,7 +408,6 @@ def run(config: OnlineDeepConfig, out: str | None = None, progress: Callable[[di
         else:
             os.makedirs(out, exist_ok=True)
             files.write_json(config_path, _config_json(config))
-        machine.session(out, resume, argv)
         checkpoints = Checkpoints(os.path.join(out, CHECKPOINT_DIR))
     started = time.perf_counter()
     last = [started]
@@ -432,6 +431,8 @@ def run(config: OnlineDeepConfig, out: str | None = None, progress: Callable[[di
         if resume and checkpoints.latest() is not None:
             states, record = checkpoints.restore(states)
             start, records = int(record["arrivals"]), record["records"]
+        if out is not None:  # a start, or a resume accepted and restored: this session computes
+            machine.session(out, resume, argv)
         states = advance(config, states, records, start, stop, after)
     finally:
         if checkpoints is not None:
