@@ -607,7 +607,7 @@ def _run_grid_online(config, args, bar, status):
     else:
         os.makedirs(args.out, exist_ok=True)
         files.write_json(config_path, dataclasses.asdict(config))  # tuples are written as lists
-    machine.session(args.out, bool(args.resume), status["argv"])
+    machine.session(args.out, args.resume, status["argv"])
 
     def progress(done, total):
         status.update(iteration=done if done else None)
