@@ -468,14 +468,18 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--out", required=True, help="output directory: summary.json, adaptation.png")
     p.add_argument("--pool", nargs="+", metavar="EVALUATION",
                    help="instead of runs: earlier evaluate outputs of other runs on the same test tasks (same "
-                        "--tasks, --steps, --seed, --reset-rule, --num-trajectories), pooled into one summary "
-                        "without adapting anything again; e.g. seeds trained later added to an evaluation")
+                        "--tasks, --steps, --seed, --reset-rule, --num-trajectories, --devices), pooled into one "
+                        "summary without adapting anything again; e.g. seeds trained later added to an evaluation")
     p.add_argument("--tasks", type=int, default=40, help="test tasks (default %(default)s)")
     p.add_argument("--steps", type=int, default=3, help="adaptation steps (default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of the test tasks and rollouts (default %(default)s)")
     p.add_argument("--num-trajectories", type=int, default=None,
                    help="trajectories per test task in each adaptation step, for every method (default: each "
                         "run's own --num-trajectories); the tendency still reads a run's --classify-trajectories")
+    p.add_argument("--devices", type=int, default=0,
+                   help="devices to split the test tasks over (default %(default)s: all; on a CPU one per core); "
+                        "1 runs them as one batch, as evaluate did before this option; the count changes the "
+                        "float32 rounding, so repeat it to repeat an evaluation")
     _add_reset_rule(p)
     _add_output_flags(p, config_file=False)
 
@@ -703,13 +707,15 @@ def run_evaluate(args, explicit, status) -> None:
     files.claim_directory(args.out, EVALUATE_OUTPUTS, args.overwrite)
     with _silenced():  # brax families print chatter while the runs load; a damaged run is refused here
         loaded = deep_evaluation.load_runs(runs, args.tasks, args.steps, args.seed, args.reset_rule,
-                                           args.num_trajectories)
+                                           args.num_trajectories, args.devices)
     with tqdm(total=len(runs), desc="evaluating runs", unit="run", disable=args.quiet, file=sys.stderr) as bar:
+        # loaded holds the trajectories per step
         summary = deep_evaluation.evaluate(runs, args.tasks, args.steps, args.seed, progress=lambda _: bar.update(),
-                                           loaded=loaded, reset_rule=args.reset_rule)  # loaded holds the batch
+                                           loaded=loaded, reset_rule=args.reset_rule, devices=args.devices)
     print(deep_evaluation.table(summary))
     _write_evaluation(args.out, summary, {"runs": runs, "tasks": args.tasks, "steps": args.steps, "seed": args.seed,
-                                          "reset_rule": args.reset_rule, "num_trajectories": args.num_trajectories})
+                                          "reset_rule": args.reset_rule, "num_trajectories": args.num_trajectories,
+                                          "devices": summary["devices"]})
     machine.session(args.out, False, status["argv"])
 
 
@@ -718,7 +724,7 @@ def _pool_evaluations(args, explicit) -> None:
     from maml2_jax import deep_evaluation, deep_training
     from maml2_jax.io import files
 
-    settings = sorted(set(explicit) & {"tasks", "steps", "seed", "reset_rule", "num_trajectories"})
+    settings = sorted(set(explicit) & {"tasks", "steps", "seed", "reset_rule", "num_trajectories", "devices"})
     if args.runs is not None or settings:
         flag = args.runs if args.runs is not None else "--" + settings[0].replace("_", "-")
         raise ConfigError(f"{flag}: --pool reads the runs and settings from the evaluations it pools; drop {flag}")
@@ -738,7 +744,8 @@ def _pool_evaluations(args, explicit) -> None:
     _write_evaluation(args.out, summary, {
         "runs": [run for config in configs for run in config["runs"]], "pooled": list(args.pool),
         "tasks": sum(summary["categories"].values()), "steps": summary["steps"], "seed": summary["seed"],
-        "reset_rule": summary["reset_rule"], "num_trajectories": configs[0].get("num_trajectories")})
+        "reset_rule": summary["reset_rule"], "num_trajectories": configs[0].get("num_trajectories"),
+        "devices": summary["devices"]})
 
 
 def _write_evaluation(out: str, summary: dict, config: dict) -> None:

@@ -20,18 +20,21 @@ tasks into the summary of one evaluation of them all.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from typing import Callable
 
 import jax
 import numpy as np
+from jax.sharding import PartitionSpec
 
-from maml2_jax import deep_training
+from maml2_jax import deep_training, sharding
 from maml2_jax.core.readaptation import RESET_RULES, adaptation_curve, rule_note
 from maml2_jax.errors import (
     ConfigError,
     check_choice,
+    check_non_negative_int,
     check_path,
     check_positive_int,
     check_seed,
@@ -110,19 +113,48 @@ def check_out(out: str, run_dirs: list[str]) -> None:
             raise ConfigError(f"--out: {out} is inside the run directory {run}; write the evaluation elsewhere")
 
 
-def _curve_function(parts, steps: int, reset_rule: str = "category"):
+def _curve_function(parts, steps: int, reset_rule: str = "category", mesh=None):
     """``(theta, category_params | None, tasks, key, reset, active=None) -> (returns [T, steps+1], c* [T])``,
-    jitted once; ``active`` ``[S]`` bool: the category slots the reset may pick (default all)."""
+    compiled once per ``reset``; ``active`` ``[S]`` bool: the category slots the reset may pick (default all).
+
+    Test task t adapts with key ``split(key, T)[t]`` whatever the devices. With a
+    ``mesh`` the T tasks are split over its devices (``shard_map``: each device adapts
+    its own, no communication), padded to a multiple of the device count by repeating
+    the last task, whose rows are dropped. Without one, all T run as one batch on the
+    default device. The per-task results of the two differ in float32 rounding only
+    (XLA compiles a batch of T/D tasks differently from one of T), which brax's
+    contact dynamics then amplify over an episode.
+    """
     learner, tendency = parts.one_step_learners()
 
-    def curves(theta, category_params, tasks, key, reset, active=None):
+    def curves(theta, category_params, tasks, keys, active, reset):
         def one(task, k):
             return adaptation_curve(learner, steps, theta, task, k, category_params, reset, active, tendency,
                                     reset_rule)
 
-        return jax.vmap(one)(tasks, jax.random.split(key, tasks.shape[0]))
+        return jax.vmap(one)(tasks, keys)
 
-    return jax.jit(curves, static_argnames="reset")
+    if mesh is None:
+        compiled = jax.jit(curves, static_argnames="reset")
+    else:
+        split, whole = PartitionSpec(sharding.TASK_AXIS), PartitionSpec()
+
+        def spread(theta, category_params, tasks, keys, active, reset):
+            per_device = functools.partial(curves, reset=reset)
+            return jax.shard_map(per_device, mesh=mesh, in_specs=(whole, whole, split, split, whole),
+                                 out_specs=split, check_vma=False)(theta, category_params, tasks, keys, active)
+
+        compiled = jax.jit(spread, static_argnames="reset")
+
+    def run(theta, category_params, tasks, key, reset, active=None):
+        count = tasks.shape[0]
+        keys = jax.random.split(key, count)
+        if mesh is not None:
+            tasks, keys = sharding.pad_runs((tasks, keys), mesh.devices.size)
+        returns, chosen = compiled(theta, category_params, tasks, keys, active, reset=reset)
+        return returns[:count], chosen[:count]
+
+    return run
 
 
 def _category_meaning(path: str, slots: int) -> tuple[list[int], np.ndarray]:
@@ -137,16 +169,19 @@ def _category_meaning(path: str, slots: int) -> tuple[list[int], np.ndarray]:
 
 
 def load_runs(run_dirs: list[str], num_tasks: int = 40, steps: int = 3, seed: int = 0,
-              reset_rule: str = "category", num_trajectories: int | None = None) -> list[tuple]:
+              reset_rule: str = "category", num_trajectories: int | None = None, devices: int = 0) -> list[tuple]:
     """Checks an evaluation's settings and loads its runs, before anything is compiled.
 
     ``num_trajectories``: trajectories per test task in each adaptation step, for every
     method and run (None: each run's own ``num_trajectories``). The classifying batch a
     run was trained with (``classify_trajectories``) still reads the update tendency.
+    ``devices``: the devices :func:`evaluate` will split the test tasks over (0: all
+    visible), whose memory the evaluation must fit in.
 
-    ConfigError for a bad count, seed or reset rule, a damaged run (:func:`maml2_jax.deep_training.load_run`
-    names the file), runs that cannot be compared (other task family, horizon or
-    backend) or an evaluation that cannot fit in memory. Returns, per run,
+    ConfigError for a bad count, seed, reset rule or device count, a damaged run
+    (:func:`maml2_jax.deep_training.load_run` names the file), runs that cannot be
+    compared (other task family, horizon or backend) or an evaluation that cannot fit
+    in memory. Returns, per run,
     ``(config, parts, theta, category_params | None)``.
     """
     check_positive_int("number of test tasks", num_tasks)
@@ -155,6 +190,7 @@ def load_runs(run_dirs: list[str], num_tasks: int = 40, steps: int = 3, seed: in
     check_choice("reset rule", reset_rule, RESET_RULES)
     if num_trajectories is not None:
         check_positive_int("trajectories per adaptation step", num_trajectories)
+    check_non_negative_int("devices", devices)
     if not run_dirs:
         raise ConfigError("no runs to evaluate")
     loaded = [deep_training.load_run(path, num_trajectories) for path in run_dirs]
@@ -167,23 +203,28 @@ def load_runs(run_dirs: list[str], num_tasks: int = 40, steps: int = 3, seed: in
             if getattr(config, name) != first:
                 raise ConfigError(f"runs with different {name}s cannot be compared: {first!r} in {run_dirs[0]}, "
                                   f"{getattr(config, name)!r} in {path}")
-    device = jax.devices()[:1]  # the curves run unsharded, on the default device
+    chosen = sharding.first_devices(devices)
     for path, (config, *_) in zip(run_dirs, loaded):
-        deep_training.check_memory(config, device, what=f"evaluating {path}", tasks=("--tasks", num_tasks),
+        deep_training.check_memory(config, chosen, what=f"evaluating {path}", tasks=("--tasks", num_tasks),
                                    steps=("--steps", steps), seeds=1)
     return loaded
 
 
 def evaluate(run_dirs: list[str], num_tasks: int = 40, steps: int = 3, seed: int = 0,
              progress: Callable[[str], None] | None = None, loaded: list[tuple] | None = None,
-             reset_rule: str = "category", num_trajectories: int | None = None) -> dict:
+             reset_rule: str = "category", num_trajectories: int | None = None, devices: int = 0) -> dict:
     """Adapts every method of every run on ``num_tasks`` test tasks for ``steps`` steps.
 
     ``reset_rule``: MAML²'s reset, "category" (the paper's) or "carry" (see
     :mod:`maml2_jax.core.readaptation`); the other methods do not reset.
     ``num_trajectories``: the test-time batch per adaptation step (see :func:`load_runs`).
+    ``devices``: the test tasks are split over the first ``devices`` devices (0: all
+    visible; each adapts its own tasks). The device count is part of the computation:
+    with 1 the tasks run as one batch, as every evaluation before this option did, and
+    another count gives the same draws with other float32 rounding (see
+    :func:`_curve_function`).
 
-    Returns the JSON-ready summary: ``env``; ``steps``; ``reset_rule``;
+    Returns the JSON-ready summary: ``env``; ``steps``; ``reset_rule``; ``devices``, the count used;
     ``num_trajectories`` {run dir: trajectories per adaptation step}; ``categories`` {category:
     number of test tasks}; ``runs`` {method: [run dirs]}; ``mean_return``,
     ``ci95`` and ``seed_std`` {method: {category: [steps + 1]}} (entry k: the return
@@ -199,7 +240,9 @@ def evaluate(run_dirs: list[str], num_tasks: int = 40, steps: int = 3, seed: int
     here when None.
     """
     if loaded is None:
-        loaded = load_runs(run_dirs, num_tasks, steps, seed, reset_rule, num_trajectories)
+        loaded = load_runs(run_dirs, num_tasks, steps, seed, reset_rule, num_trajectories, devices)
+    used = sharding.first_devices(devices)
+    mesh = sharding.task_mesh(used) if len(used) > 1 else None
     envs = {config.env for config, *_ in loaded}
     parts = loaded[0][1]
     tasks, truth = parts.family.sample_tasks(jax.random.key(seed), num_tasks)
@@ -213,7 +256,7 @@ def evaluate(run_dirs: list[str], num_tasks: int = 40, steps: int = 3, seed: int
     for path, (config, run_parts, theta, category_params) in zip(run_dirs, loaded):
         setting = (config.policy, config.inner, config.classifier_inner)
         if setting not in compiled:
-            compiled[setting] = _curve_function(run_parts, steps, reset_rule)
+            compiled[setting] = _curve_function(run_parts, steps, reset_rule, mesh)
         curves = compiled[setting]
         if config.algo == "maml2":
             # An automatic N may leave slots idle: the reset never picks one.
@@ -238,8 +281,9 @@ def evaluate(run_dirs: list[str], num_tasks: int = 40, steps: int = 3, seed: int
         if progress is not None:
             progress(path)
     categories = sorted({int(c) for c in truth})
-    summary = {"env": envs.pop(), "steps": steps, "seed": seed, "reset_rule": reset_rule,
-               "num_trajectories": {path: config.inner.num_trajectories for path, (config, *_) in zip(run_dirs, loaded)},
+    summary = {"env": envs.pop(), "steps": steps, "seed": seed, "reset_rule": reset_rule, "devices": len(used),
+               "num_trajectories": {path: config.inner.num_trajectories
+                                    for path, (config, *_) in zip(run_dirs, loaded)},
                "categories": {str(c): int(np.sum(truth == c)) for c in categories},
                "runs": {m: r for m, r in runs.items() if r},
                "per_seed": {}, "chosen": chosen, "chosen_per_run": chosen_per_run}
@@ -294,8 +338,8 @@ def pool(summaries: list[dict]) -> dict:
 
     An evaluation's test tasks are drawn from ``key(seed)`` and its rollouts from
     ``key(seed + 1)`` alone, and each run is adapted on its own, so the per-seed curves of
-    runs evaluated apart are those of one joint evaluation. Seeds trained later can be
-    added to an earlier evaluation without adapting its runs again.
+    runs evaluated apart are those of one joint evaluation on as many devices. Seeds
+    trained later can be added to an earlier evaluation without adapting its runs again.
 
     Args:
       summaries: :func:`evaluate` outputs (``summary.json``), at least one.
@@ -309,8 +353,9 @@ def pool(summaries: list[dict]) -> dict:
 
     Raises:
       ConfigError: summaries that differ in task family, adaptation steps, seed, reset
-        rule, test tasks per category or trajectories per step, or a run in more than
-        one of them.
+        rule, test tasks per category, trajectories per step or devices (1 where an
+        evaluation does not record them: it predates the option), or a run in more
+        than one of them.
     """
     if not summaries:
         raise ConfigError("no evaluations to pool")
@@ -330,7 +375,12 @@ def pool(summaries: list[dict]) -> dict:
         if batches[0] != batches[1]:
             raise ConfigError(f"evaluations with different trajectories per adaptation step cannot be pooled: "
                               f"{batches[0]} and {batches[1]}")
+        if _devices(other) != _devices(first):
+            raise ConfigError(f"evaluations on different numbers of devices cannot be pooled: {_devices(first)} and "
+                              f"{_devices(other)} (other float32 rounding); evaluate one of them again with "
+                              f"--devices {_devices(other)} or {_devices(first)}")
     pooled = {name: first[name] for name in POOL_KEYS}
+    pooled["devices"] = _devices(first)
     pooled.update(num_trajectories={}, runs={}, per_seed={}, chosen={}, chosen_per_run={})
     seen = set()  # every run's real path
     for summary in summaries:
@@ -351,6 +401,11 @@ def pool(summaries: list[dict]) -> dict:
         _add_counts(pooled["chosen"], summary["chosen"])
         pooled["chosen_per_run"].update(summary.get("chosen_per_run", {}))
     return _statistics(pooled)
+
+
+def _devices(summary: dict) -> int:
+    """The devices an evaluation split its test tasks over (1 before ``devices`` was recorded)."""
+    return summary.get("devices", 1)
 
 
 def table(summary: dict) -> str:

@@ -271,8 +271,7 @@ def check_memory(config: TrainConfig, devices=None, what: str = "the run", flags
     before compiling (and after ``jax.distributed.initialize``): it asks JAX for devices.
     ``flags``: what the message calls a factor, where the caller's command names it otherwise."""
     if devices is None:
-        devices = jax.devices()
-        devices = devices[:config.devices] if config.devices else devices
+        devices = sharding.first_devices(config.devices)
     needed, factors = memory_estimate(config, **sizes)
     factors = {(flags or {}).get(name, name): value for name, value in factors.items()}
     available, where = sharding.device_memory(devices)
@@ -302,14 +301,11 @@ def mesh_for(config: TrainConfig):
     ConfigError if the tasks do not split over the devices, or if the run clearly
     cannot fit in their memory (:func:`check_memory`): both before anything compiles.
     """
-    devices = jax.devices()
-    count = len(devices) if config.devices == 0 else config.devices
-    if count > len(devices):
-        raise ConfigError(f"asked for {count} devices but only {len(devices)} are visible")
-    check_memory(config, devices[:count])
-    if count == 1:
+    devices = sharding.first_devices(config.devices)
+    check_memory(config, devices)
+    if len(devices) == 1:
         return None
-    mesh = sharding.task_mesh(devices[:count])
+    mesh = sharding.task_mesh(devices)
     what = "tasks per category" if config.algo == "maml2" else "meta-batch size"
     sharding.check_divisible(config.tasks_per_update, mesh, what)
     return mesh

@@ -71,6 +71,14 @@ def task_mesh(devices=None) -> Mesh:
     return Mesh(np.asarray(devices), (TASK_AXIS,))
 
 
+def first_devices(count: int = 0) -> list:
+    """The first ``count`` visible devices (0: all of them); ConfigError for more than are visible."""
+    devices = jax.devices()
+    if count > len(devices):
+        raise ConfigError(f"asked for {count} devices but only {len(devices)} are visible")
+    return devices[:count] if count else devices
+
+
 def check_divisible(num_tasks: int, mesh: Mesh | None, what: str = "meta-batch size") -> None:
     """ConfigError unless ``num_tasks`` (named ``what`` in the message) splits evenly over the mesh's devices."""
     if mesh is None:

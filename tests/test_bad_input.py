@@ -366,6 +366,9 @@ CASES = [
     evaluate("--num-trajectories", "0", field="trajectories per adaptation step"),
     evaluate("--num-trajectories", "x", field="--num-trajectories"),
     evaluate("--num-trajectories", "1000000000", field="--num-trajectories"),  # cannot fit in memory
+    evaluate("--devices", "-1", field="devices"),
+    evaluate("--devices", "999", field="asked for 999 devices"),
+    evaluate("--devices", "x", field="--devices"),
     # evaluate: where the runs are and where the outputs go
     evaluate(field="missing", runs="{tmp}/missing", name="missing runs directory"),
     evaluate(field="file", runs="{file}", name="runs path is a file"),
