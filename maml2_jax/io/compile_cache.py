@@ -10,7 +10,9 @@ Where: ``$MAML2_COMPILE_CACHE`` if set (``off`` turns the cache off), else
 processor's name and feature flags: a CPU executable uses the instructions of the
 machine that compiled it, so a home directory shared across different machines
 must not share the folder. A cache directory already given to JAX
-(``JAX_COMPILATION_CACHE_DIR``) is left as it is.
+(``JAX_COMPILATION_CACHE_DIR``) is left as it is, and so is a minimum compile time
+set in ``JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS`` (otherwise
+:data:`MIN_COMPILE_SECONDS`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from maml2_jax.io import machine
 ENV = "MAML2_COMPILE_CACHE"
 # Programs that compile faster than this are not worth a disk round trip.
 MIN_COMPILE_SECONDS = 0.25
+MIN_TIME_ENV = "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"
 
 
 def default_directory() -> str | None:
@@ -52,5 +55,6 @@ def enable(directory: str | None = None) -> str | None:
     except OSError:
         return None
     jax.config.update("jax_compilation_cache_dir", directory)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_COMPILE_SECONDS)
+    if MIN_TIME_ENV not in os.environ:  # JAX has read it already
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_COMPILE_SECONDS)
     return directory
