@@ -489,7 +489,8 @@ _ONLINE_GRID_ONLY = ("initial_tasks", "outer_iterations", "inner_iterations", "m
                      "classify_episodes")
 _ONLINE_DEEP_PATHS = {"max_categories": "train.meta.max_categories", "horizon": "train.horizon",
                       "classify_trajectories": "train.classify_trajectories"}
-_ONLINE_DEEP_ONLY = ("initial_pool", "iterations_per_arrival", "steps", "horizon", "classify_trajectories")
+_ONLINE_DEEP_ONLY = ("initial_pool", "iterations_per_arrival", "steps", "horizon", "classify_trajectories",
+                     "devices")
 ONLINE_OUTPUTS = ("config.json", "summary.json", "online.png", "checkpoint", "tensorboard", "machines.jsonl")
 
 
@@ -547,6 +548,9 @@ def _add_online(sub) -> None:
     deep.add_argument("--classify-trajectories", type=int, default=None,
                       help="trajectories per task of MAML²'s adaptations that classify: the pool's features and "
                            "each arrival's update tendency (default: the inner loop's)")
+    deep.add_argument("--devices", type=int, default=None,
+                      help="devices to split the trials over (default 0: all; on a CPU one per core; 1 repeats "
+                           "runs made before this option)")
     _add_output_flags(p, config_file=True)
 
 

@@ -32,6 +32,13 @@ states are RunStates with a leading trials axis ``[T, ...]``; one compiled progr
 arrival's curve ``[T, K + 1]`` and the admission. Only k-means and the choice of N run
 on the host, between compiled calls, one trial after the other.
 
+**Devices.** With ``devices`` D > 1 the trials are split over D devices
+(``shard_map`` over a ``"runs"`` mesh: each device runs every stage for its own
+trials, with no communication). :func:`advance` pads T to a multiple of D by
+repeating the last trial and drops the copies from the records and from the states
+it hands back, so checkpoints hold T trials whatever D. The draws do not depend on D;
+the floats differ in rounding, as between batch sizes (below).
+
 **Arrivals.** The growing pool draws all P tasks at once, ``sample_tasks(k, P)``, and
 arrival a is pool entry I + a, admitted by ``add`` after its adaptation. One draw of P
 keeps the family's proportions: ``nav2d-isolated`` puts exactly round(0.1 P) of the P
@@ -80,7 +87,7 @@ import jax.numpy as jnp
 import numpy as np
 from sklearn.metrics import adjusted_rand_score
 
-from maml2_jax import deep_training
+from maml2_jax import deep_training, sharding
 from maml2_jax.core import task_sources
 from maml2_jax.core import train as engine_lib
 from maml2_jax.core.readaptation import RESET_RULES, adaptation_curve, rule_note
@@ -122,10 +129,11 @@ class OnlineDeepConfig:
         update tendency), rule, meta_lr, curvature_fraction, policy, inner, trpo, and of ``meta``:
         max_categories, inner_iterations (K_in), tasks_per_category (B),
         outer_update, category_init, classify_from, stop_tolerance. The online run
-        sets the rest itself: algo, seed, seeds, pool_size, devices,
+        sets the rest itself: algo, seed, seeds, pool_size, devices (1: a
+        meta-batch is never split; the trials are, by ``devices`` below),
         checkpoint_every, meta.categories (per method), meta.outer_iterations
         (A·J) and meta.classify_every (J: once per arrival).
-      trials: T, independent trials, vmapped in one compiled program.
+      trials: T, independent trials, vmapped in one compiled program (split over ``devices``).
       arrivals: A, tasks arriving one at a time.
       initial_pool: I, tasks in the pool before the first arrival.
       iterations_per_arrival: J, outer iterations of the warm start before each arrival.
@@ -137,6 +145,9 @@ class OnlineDeepConfig:
         ``maml2-N<k>`` (k categories), ``maml``.
       seed: trial t uses ``fold_in(key(seed), t)``.
       checkpoint_every: arrivals between checkpoints (0: only at the end).
+      devices: D, devices to split the trials over (0: all visible; on a CPU the CLI
+        makes one per core). Every run before this option ran on one device:
+        ``devices=1`` repeats one.
     """
 
     train: deep_training.TrainConfig = dataclasses.field(default_factory=_default_train)
@@ -149,6 +160,7 @@ class OnlineDeepConfig:
     methods: tuple[str, ...] = (MAML2_AUTO, MAML)
     seed: int = 0
     checkpoint_every: int = 1
+    devices: int = 0
 
     def __post_init__(self):
         if not isinstance(self.train, deep_training.TrainConfig):
@@ -156,6 +168,7 @@ class OnlineDeepConfig:
         for name in ("trials", "arrivals", "initial_pool", "iterations_per_arrival", "steps"):
             check_positive_int(name.replace("_", " "), getattr(self, name))
         check_non_negative_int("checkpoint every", self.checkpoint_every)
+        check_non_negative_int("devices", self.devices)
         check_seed("seed", self.seed)
         check_choice("reset rule", self.reset_rule, RESET_RULES)
         if isinstance(self.methods, str) or not isinstance(self.methods, (tuple, list)) or not self.methods:
@@ -196,17 +209,25 @@ class OnlineDeepConfig:
 
 
 def check_memory(config: OnlineDeepConfig) -> None:
-    """ConfigError when a method's compiled stage clearly cannot fit on the default device
-    (:func:`maml2_jax.deep_training.check_memory`): its outer iteration and the arrival's
-    K adaptation steps, each for all T trials at once. Call it before compiling."""
-    device = jax.devices()[:1]  # the trials run unsharded, on the default device
+    """ConfigError when a method's compiled stage clearly cannot fit in the memory of the
+    trials' devices (:func:`maml2_jax.deep_training.check_memory`): its outer iteration and
+    the arrival's K adaptation steps, each for all T trials at once (padded to a
+    multiple of the devices), or when ``config.devices`` asks for more devices than are
+    visible. Call it before compiling."""
+    devices = sharding.first_devices(config.devices)
+    trials = _padded(config.trials, len(devices))
     # The trials stand where a training run's seeds do; the pool is the initial tasks and the arrivals.
     flags = {"--seeds": "--trials", "--pool-size": "--initial-pool + --arrivals", "--tasks": "arrival"}
     for method in config.methods:
         train = config.method_train(method)
-        deep_training.check_memory(train, device, f"{method}'s warm start", flags, seeds=config.trials)
-        deep_training.check_memory(train, device, f"{method}'s adaptation of the arrival", flags,
-                                   tasks=("--tasks", 1), steps=("--steps", config.steps), seeds=config.trials)
+        deep_training.check_memory(train, devices, f"{method}'s warm start", flags, seeds=trials)
+        deep_training.check_memory(train, devices, f"{method}'s adaptation of the arrival", flags,
+                                   tasks=("--tasks", 1), steps=("--steps", config.steps), seeds=trials)
+
+
+def _padded(trials: int, devices: int) -> int:
+    """T rounded up to a multiple of the device count: the rows :func:`advance` runs."""
+    return -(-trials // devices) * devices
 
 
 class Method(NamedTuple):
@@ -219,6 +240,8 @@ class Method(NamedTuple):
       curves: ``[T, ...] states -> (returns [T, K + 1], c* [T])``: the arrival (pool
         entry ``size``) adapted K steps; c* = −1 without reset. Jitted, vmapped.
       admit: ``[T, ...] states -> states``: the arrival joins the pool. Jitted, vmapped.
+      mesh: the ``"runs"`` mesh the trials are split over (T a multiple of its
+        devices), or None: one device, any T.
     """
 
     name: str
@@ -226,6 +249,7 @@ class Method(NamedTuple):
     init: Callable
     curves: Callable
     admit: Callable
+    mesh: jax.sharding.Mesh | None
 
 
 @functools.lru_cache(maxsize=8)
@@ -262,12 +286,17 @@ def method_parts(config: OnlineDeepConfig, method: str) -> Method:
         # One category holds every task in the pool, the arrival included.
         return state.replace(source=grown, members=(jnp.arange(config.capacity) < grown.size)[None])
 
-    return Method(method, engine, jax.jit(init), jax.jit(jax.vmap(curve)), jax.jit(jax.vmap(admit)))
+    devices = sharding.first_devices(config.devices)
+    mesh = sharding.run_mesh(devices) if len(devices) > 1 else None
+    return Method(method, engine, jax.jit(init), sharding.shard_runs(jax.vmap(curve), mesh, 1),
+                  sharding.shard_runs(jax.vmap(admit), mesh, 1), mesh)
 
 
 def _static(config: OnlineDeepConfig) -> OnlineDeepConfig:
-    """The config with what does not shape the compiled parts set to fixed values (the cache key)."""
-    return dataclasses.replace(config, trials=1, seed=0, checkpoint_every=0, methods=(MAML,))
+    """The config with what does not shape the compiled parts set to fixed values (the
+    cache key); ``devices`` as the count it selects, so that 0 and that count share one entry."""
+    return dataclasses.replace(config, trials=1, seed=0, checkpoint_every=0, methods=(MAML,),
+                               devices=len(sharding.first_devices(config.devices)))
 
 
 def trial_keys(config: OnlineDeepConfig, trial_ids: Sequence[int]) -> jax.Array:
@@ -335,33 +364,41 @@ def advance(config: OnlineDeepConfig, states: dict[str, RunState], records: dict
     ``states``: every method's ``[T, ...]`` states after ``start`` arrivals (fresh from
     :func:`init_states` for 0); ``records`` (:func:`empty_records`) is extended in place.
     ``after(a, states, records)`` is called once arrival a is done for every method.
-    Returns the states after ``stop`` arrivals.
+    Returns the states after ``stop`` arrivals. The trials are split over the devices
+    of ``config.devices`` (padded to a multiple of them inside; ``after`` and the
+    caller see the T trials only).
 
     Raises:
       NonFiniteError: a step diverged (:func:`maml2_jax.core.train.run`).
     """
-    states = dict(states)
+    trials = len(next(iter(states.values())).iteration)
+
+    def real(tree):  # the T trials, without the copies that pad them
+        return jax.tree.map(lambda x: x[:trials], tree)
+
+    states = {m: sharding.pad_runs(states[m], len(sharding.first_devices(config.devices))) for m in states}
     for a in range(start, stop):
         truth = None
         for m in config.methods:
             method = method_parts(_static(config), m)
             classified = []
             state = engine_lib.run(method.engine, states[m], (a + 1) * config.iterations_per_arrival,
-                                   functools.partial(_note_classification, classified), seeds=True)
-            curve, chosen = jax.device_get(method.curves(state))
+                                   functools.partial(_note_classification, classified), seeds=True,
+                                   mesh=method.mesh)
+            curve, chosen = real(jax.device_get(method.curves(state)))
             records["returns"][m].append(np.asarray(curve, np.float64).tolist())
             if m != MAML:
                 n, ari = classified[0] if classified else _classification_record(state)
-                records["categories"][m].append(n)
-                records["ari"][m].append(ari)
+                records["categories"][m].append(n[:trials])
+                records["ari"][m].append(ari[:trials])
                 records["picked"][m].append(_picked_truth(state, np.asarray(chosen)))
             index = np.asarray(state.source.size)
-            truth = np.take_along_axis(np.asarray(state.source.truth), index[:, None], axis=1)[:, 0].tolist()
+            truth = np.take_along_axis(np.asarray(state.source.truth), index[:, None], axis=1)[:trials, 0].tolist()
             states[m] = method.admit(state)
         records["arrival_category"].append(truth)
         if after is not None:
-            after(a, states, records)
-    return states
+            after(a, real(states), records)
+    return real(states)
 
 
 def _config_json(config: OnlineDeepConfig) -> dict:
@@ -386,8 +423,10 @@ def run(config: OnlineDeepConfig, out: str | None = None, progress: Callable[[di
       argv: the command line kept in ``machines.jsonl`` (default ``sys.argv[1:]``).
 
     Returns:
-      The summary (:func:`summarize`), also written to ``out/summary.json`` once all
-      arrivals are done; a paused run returns the summary so far and writes none.
+      The summary (:func:`summarize`) with ``seconds_this_session`` and ``devices``
+      (the count this session split the trials over), also written to
+      ``out/summary.json`` once all arrivals are done; a paused run returns the
+      summary so far and writes none.
     """
     if resume and out is None:
         raise ConfigError("resume needs an output directory")
@@ -439,6 +478,7 @@ def run(config: OnlineDeepConfig, out: str | None = None, progress: Callable[[di
             checkpoints.close()
     summary = summarize(config, records)
     summary["seconds_this_session"] = time.perf_counter() - started
+    summary["devices"] = len(sharding.first_devices(config.devices))
     if out is not None and len(records["arrival_category"]) == config.arrivals:
         files.write_json(os.path.join(out, "summary.json"), summary)
     return summary

@@ -2,9 +2,9 @@
 
 Two axes are split over a 1-D :class:`jax.sharding.Mesh` of all devices:
 
-* **runs** (the tabular experiment): every stage is independent across runs, so
-  ``shard_map`` gives each device its own lanes in its own loops and no collective is
-  needed (:func:`shard_runs`);
+* **runs** (the tabular experiment's runs, the deep online setting's trials): every
+  stage is independent across runs, so ``shard_map`` gives each device its own lanes
+  in its own loops and no collective is needed (:func:`shard_runs`);
 * **tasks** (the deep track's meta-batch): the meta-iteration is written for one
   device, vmapped over tasks; :func:`constrain_tasks` pins the task axis to the mesh
   and XLA's partitioner splits every per-task computation and inserts the reductions
@@ -103,6 +103,12 @@ def replicated(mesh: Mesh | None):
     return None if mesh is None else NamedSharding(mesh, PartitionSpec())
 
 
+def split_runs(mesh: Mesh | None):
+    """Every leaf's leading (run) axis split over ``mesh`` (None without a mesh): how
+    :func:`shard_runs` returns its outputs, and so how to hand it inputs."""
+    return None if mesh is None else NamedSharding(mesh, PartitionSpec(RUN_AXIS))
+
+
 def shard_runs(fn: Callable, mesh: Mesh | None, num_args: int, compiler_options: dict | None = None) -> Callable:
     """Jits ``fn`` with every argument and output split along its leading (run) axis.
 
@@ -139,7 +145,7 @@ def over_runs(tree, mesh: Mesh | None):
     """
     if mesh is None or jax.process_count() == 1:
         return tree
-    split = NamedSharding(mesh, PartitionSpec(RUN_AXIS))
+    split = split_runs(mesh)
 
     def place(x):
         if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):

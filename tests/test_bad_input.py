@@ -484,6 +484,11 @@ CASES = [
     online("--env", "nav2d-isolated", "--trials", "1000000000", field="--trials"),
     online("--env", "nav2d-isolated", "--classify-trajectories", "1000000000", field="--classify-trajectories"),
     online("--env", "nav2d-isolated", "--steps", "1000000000", field="--steps"),
+    # online, deep: the devices the trials are split over
+    online("--devices", "2", field="--devices"),  # the grid world's trials run in processes (--workers)
+    online("--env", "nav2d-isolated", "--devices", "-1", field="devices"),
+    online("--env", "nav2d-isolated", "--devices", "999", field="asked for 999 devices"),
+    online("--env", "nav2d-isolated", "--devices", "x", field="--devices"),
     # the reset rule, one vocabulary in every command that resets
     evaluate("--reset-rule", "towards", field="--reset-rule"),
     grid("--reset-rule", "towards", field="--reset-rule"),

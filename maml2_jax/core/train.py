@@ -25,7 +25,9 @@ the features and the k-means seed of classification at iteration i use counters 
 ``0xB0000000``, ``0xD0000000 + i`` and ``0xC0000000 + i`` (far above any step counter).
 
 A leading seeds axis: ``jax.vmap(step)`` over stacked states trains several seeds in
-one compiled program; :func:`run` does that when given ``seeds=True``.
+one compiled program; :func:`run` does that when given ``seeds=True``, and with a
+``mesh`` splits the seeds over its devices (``shard_map``: each device steps its own
+seeds, no communication).
 """
 
 from __future__ import annotations
@@ -216,7 +218,7 @@ def _iteration(state: RunState) -> int:
 
 
 def run(engine: Engine, state: RunState, iterations: int | None = None, callback: Callable | None = None,
-        seeds: bool = False, placement=None) -> RunState:
+        seeds: bool = False, placement=None, mesh=None) -> RunState:
     """The host loop: classify when due, step, call back; until ``iterations`` are done.
 
     Impure: host k-means and whatever ``callback`` does.
@@ -232,6 +234,9 @@ def run(engine: Engine, state: RunState, iterations: int | None = None, callback
         sharding, e.g. replicated over the task mesh), applied to ``state`` and to
         each classified state. jit compiles once per input sharding: without it, the
         host-built first and classified states would each compile the step again.
+      mesh: with ``seeds``, a ``"runs"`` mesh (:func:`maml2_jax.sharding.run_mesh`)
+        to split the seeds over, a multiple of its device count; ``placement``
+        defaults to that split.
 
     Returns:
       The final state (the same type for every learner, rule and N).
@@ -243,7 +248,10 @@ def run(engine: Engine, state: RunState, iterations: int | None = None, callback
     iterations = engine.config.outer_iterations if iterations is None else iterations
     step, features = engine.step, engine.features
     if seeds:
-        step, features = over_seeds(engine)
+        step, features = over_seeds(engine, mesh)
+        placement = sharding.split_runs(mesh) if placement is None else placement
+    elif mesh is not None:
+        raise ValueError("a mesh splits a seeds axis: pass seeds=True")
     place = (lambda tree: tree) if placement is None else (lambda tree: jax.device_put(tree, placement))
     state = place(state)
     while (i := _iteration(state)) < iterations:
@@ -324,10 +332,11 @@ def _finite(state: RunState, metrics) -> dict:
 
 
 @functools.lru_cache(maxsize=None)
-def _vmapped_pair(step, features):
-    return jax.jit(jax.vmap(step)), jax.jit(jax.vmap(features))
+def _vmapped_pair(step, features, mesh):
+    return sharding.shard_runs(jax.vmap(step), mesh, 1), sharding.shard_runs(jax.vmap(features), mesh, 1)
 
 
-def over_seeds(engine: Engine):
-    """``(step, features)`` of the engine over a leading seeds axis, compiled once per engine."""
-    return _vmapped_pair(engine.step, engine.features)
+def over_seeds(engine: Engine, mesh=None):
+    """``(step, features)`` of the engine over a leading seeds axis, compiled once per
+    engine and mesh; with a ``"runs"`` mesh the seeds are split over its devices."""
+    return _vmapped_pair(engine.step, engine.features, mesh)
