@@ -147,7 +147,8 @@ class OnlineDeepConfig:
       checkpoint_every: arrivals between checkpoints (0: only at the end).
       devices: D, devices to split the trials over (0: all visible; on a CPU the CLI
         makes one per core). Every run before this option ran on one device:
-        ``devices=1`` repeats one.
+        ``devices=1`` repeats one, and is what a resume reads a ``config.json``
+        without the field as.
     """
 
     train: deep_training.TrainConfig = dataclasses.field(default_factory=_default_train)
@@ -406,6 +407,28 @@ def _config_json(config: OnlineDeepConfig) -> dict:
     return json.loads(json.dumps(dataclasses.asdict(config)))
 
 
+def _check_resumed_config(saved, config: OnlineDeepConfig, path: str) -> None:
+    """ConfigError unless ``saved`` (the run's ``config.json``) holds ``config``'s settings.
+
+    A run started before ``devices`` existed ran its trials on one device, so a saved
+    config without the field counts as ``devices=1``, not the default (all). A resume
+    that differs only in ``devices`` is told which count repeats the run's rounding.
+    """
+    if isinstance(saved, dict):
+        saved = {"devices": 1, **saved}
+        if config_files.same_settings(saved, config):
+            return
+        other = saved["devices"]
+        try:
+            only_devices = config_files.same_settings(saved, dataclasses.replace(config, devices=other))
+        except ConfigError:  # not a device count at all
+            only_devices = False
+        if only_devices:
+            raise ConfigError(f"the run in {os.path.dirname(path)} was started with --devices {other}: resume it "
+                              f"with --devices {other} (another count rounds differently)")
+    raise ConfigError(f"{path} is another experiment's config: resume with the same settings")
+
+
 def run(config: OnlineDeepConfig, out: str | None = None, progress: Callable[[dict], None] | None = None,
         resume: bool = False, stop_after: int | None = None, argv: list[str] | None = None) -> dict:
     """The online experiment: every method, every trial, every arrival. Impure: writes to ``out``.
@@ -442,8 +465,7 @@ def run(config: OnlineDeepConfig, out: str | None = None, progress: Callable[[di
             if not os.path.isfile(config_path):
                 raise ConfigError(f"nothing to resume in {out}: no config.json")
             with open(config_path, encoding="utf-8") as f:
-                if not config_files.same_settings(json.load(f), config):
-                    raise ConfigError(f"{config_path} is another experiment's config: resume with the same settings")
+                _check_resumed_config(json.load(f), config, config_path)
         else:
             os.makedirs(out, exist_ok=True)
             files.write_json(config_path, _config_json(config))

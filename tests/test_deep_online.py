@@ -272,3 +272,21 @@ def test_trials_split_over_devices_give_the_one_device_results():
     assert mine["tendency_accuracy"] == theirs["tendency_accuracy"]
     # Checkpoints hold the 2 trials; the resumed split run is the uninterrupted one exactly.
     assert resumed["methods"] == split["methods"]
+
+
+def test_a_run_from_before_the_devices_option_resumes_on_one_device(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    saved = deep_online._config_json(CONFIG)
+    del saved["devices"]  # as a run started before the option wrote it: its trials ran on one device
+    (out / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(ConfigError, match=r"was started with --devices 1: resume it with --devices 1"):
+        deep_online.run(CONFIG, str(out), resume=True, stop_after=0)
+    summary = deep_online.run(dataclasses.replace(CONFIG, devices=1), str(out), resume=True, stop_after=0)
+    assert summary["devices"] == 1 and summary["arrivals_done"] == 0
+    # A run that recorded its count is told it back; another difference gets the general refusal.
+    (out / "config.json").write_text(json.dumps(deep_online._config_json(dataclasses.replace(CONFIG, devices=2))))
+    with pytest.raises(ConfigError, match=r"--devices 2: resume it with --devices 2"):
+        deep_online.run(CONFIG, str(out), resume=True, stop_after=0)
+    with pytest.raises(ConfigError, match="another experiment's config"):
+        deep_online.run(dataclasses.replace(CONFIG, seed=3), str(out), resume=True, stop_after=0)
