@@ -615,7 +615,7 @@ def _run_grid_online(config, args, bar, status):
     else:
         os.makedirs(args.out, exist_ok=True)
         files.write_json(config_path, dataclasses.asdict(config))  # tuples are written as lists
-    machine.session(args.out, args.resume, status["argv"])
+    machine.session(args.out, args.resume, status["argv"], devices_used=1)  # the default device computes it all
 
     def progress(done, total):
         status.update(iteration=done if done else None)
@@ -720,7 +720,7 @@ def run_evaluate(args, explicit, status) -> None:
     _write_evaluation(args.out, summary, {"runs": runs, "tasks": args.tasks, "steps": args.steps, "seed": args.seed,
                                           "reset_rule": args.reset_rule, "num_trajectories": args.num_trajectories,
                                           "devices": summary["devices"]})
-    machine.session(args.out, False, status["argv"])
+    machine.session(args.out, False, status["argv"], devices_used=summary["devices"])
 
 
 def _pool_evaluations(args, explicit) -> None:

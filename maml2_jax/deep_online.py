@@ -493,7 +493,7 @@ def run(config: OnlineDeepConfig, out: str | None = None, progress: Callable[[di
             states, record = checkpoints.restore(states)
             start, records = int(record["arrivals"]), record["records"]
         if out is not None:  # a start, or a resume accepted and restored: this session computes
-            machine.session(out, resume, argv)
+            machine.session(out, resume, argv, devices_used=len(sharding.first_devices(config.devices)))
         states = advance(config, states, records, start, stop, after)
     finally:
         if checkpoints is not None:

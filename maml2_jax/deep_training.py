@@ -524,7 +524,7 @@ def train(config: TrainConfig, out: str | None = None, progress: Callable[[dict]
             checkpoints.close()  # orbax's manager holds threads; a refused resume must not leak them
         raise
     if out is not None and writer:
-        machine.session(out, resume, argv)
+        machine.session(out, resume, argv, devices_used=1 if mesh is None else mesh.devices.size)
     logs = [files.MetricsLog(os.path.join(d, "metrics.jsonl"), histories[s]) for s, d in enumerate(dirs)] \
         if writer else []
     boards = [ScalarWriter(os.path.join(d, "tensorboard")) for d in dirs] if tensorboard and writer else []

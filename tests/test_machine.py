@@ -19,8 +19,12 @@ RECORDED = {"event": "start", "time": "2026-01-01T00:00:00Z", "argv": ["train"],
 
 
 def test_only_what_decides_the_bits_counts_as_a_change():
-    # Time, command line, core count and device count do not change the bits.
+    # Time, command line, core count and visible device count do not change the bits;
+    # the count of devices the run splits its work over does.
     assert machine.changes(RECORDED, dict(RECORDED, time="later", argv=["resume"], cpu_count=16, devices=8)) == []
+    split = dict(RECORDED, devices=8, devices_used=8)
+    assert machine.changes(split, dict(split, devices=4, devices_used=4)) == ["devices_used"]
+    assert machine.changes(split, dict(split, devices=16)) == []
     assert machine.changes(RECORDED, dict(RECORDED, cpu_fingerprint="ba9876543210")) == ["cpu_fingerprint"]
     assert machine.changes(RECORDED, dict(RECORDED, xla_flags="--xla_cpu_max_isa=SSE4_2", jaxlib="0.2")) == [
         "jaxlib", "xla_flags"]
@@ -39,7 +43,7 @@ def test_describe_names_this_process(monkeypatch):
     assert described["jax_platform"] == jax.default_backend() and described["jax"] == jax.__version__
     assert described["cpu_fingerprint"] == machine.fingerprint() and len(described["cpu_fingerprint"]) == 12
     assert described["cpu_model"].strip() and described["xla_flags"] == "--xla_cpu_max_isa=AVX2"
-    assert set(machine.BITWISE) <= set(described)
+    assert set(machine.BITWISE) <= set(described) | {"devices_used"}  # the run's own, written by session
     assert json.loads(json.dumps(described)) == described
 
 
@@ -78,6 +82,11 @@ def test_a_resume_on_another_machine_is_noted_even_quietly(tmp_path, capsys):
     assert note.startswith("maml2: note:") and "xla_flags ('--xla_cpu_max_isa=SSE4_2', now" in note
     assert "not bit for bit" in note and "\n" not in note
     assert [s["event"] for s in _sessions(out)] == ["start", "resume", "resume"]
+    # Each session records the devices the run used (--devices 1), whatever is visible.
+    assert {s["devices_used"] for s in _sessions(out)} == {1}
+    _edit_last(out, devices_used=2)
+    assert cli.main(["train", "--resume", str(out), "--quiet"]) == 0
+    assert "devices_used (2, now 1)" in capsys.readouterr().err
 
 
 def test_training_from_python_keeps_the_record_and_warns(tmp_path):
@@ -118,6 +127,9 @@ def test_online_runs_record_each_session_and_a_refused_start_leaves_nothing(tmp_
     assert [s["event"] for s in _sessions(grid)] == ["start", "resume"]
     assert cli.main([*DEEP_ONLINE, "--out", str(deep)]) == 0
     assert [s["event"] for s in _sessions(deep)] == ["start"]
+    # The grid world computes on the default device; the deep trials split over every visible one.
+    assert [s["devices_used"] for s in _sessions(grid)] == [1, 1]
+    assert _sessions(deep)[0]["devices_used"] == jax.device_count()
     # A resume refused for other settings computes nothing, so it adds no session.
     assert cli.main([*DEEP_ONLINE, "--steps", "2", "--out", str(deep), "--resume"]) == 2
     assert [s["event"] for s in _sessions(deep)] == ["start"]

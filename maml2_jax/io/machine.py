@@ -22,8 +22,10 @@ import warnings
 
 FILE = "machines.jsonl"
 # The fields that decide the bits of a run: a resume where one of them differs
-# continues with other rounding. The host processor counts only where it computes.
-BITWISE = ("jax_platform", "device", "cpu_fingerprint", "jax", "jaxlib", "xla_flags")
+# continues with other rounding. The host processor counts only where it computes;
+# of the devices, the count the run splits its work over (``devices_used``), not how
+# many are visible.
+BITWISE = ("jax_platform", "device", "cpu_fingerprint", "jax", "jaxlib", "xla_flags", "devices_used")
 
 
 class MachineChanged(UserWarning):
@@ -107,10 +109,12 @@ def last(out: str) -> dict | None:
     return entry if isinstance(entry, dict) else None
 
 
-def session(out: str, resumed: bool, argv: list[str] | None = None) -> dict:
+def session(out: str, resumed: bool, argv: list[str] | None = None, devices_used: int | None = None) -> dict:
     """Appends this session to ``out/machines.jsonl``: the event (``"start"``, or
     ``"resume"`` when ``resumed``), the UTC time, the command's arguments (``argv``,
-    default ``sys.argv[1:]``) and :func:`describe`. Returns the line written.
+    default ``sys.argv[1:]``), :func:`describe` and ``devices_used``, the count of
+    devices the run splits its work over (default: every visible one). Returns the
+    line written.
 
     Runs call it once their own files are in ``out`` (a refused start leaves no
     record). On a resume whose machine differs from the last session's (:func:`changes`)
@@ -119,6 +123,7 @@ def session(out: str, resumed: bool, argv: list[str] | None = None) -> dict:
     previous = last(out) if resumed else None
     entry = {"event": "resume" if resumed else "start", "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
              "argv": list(sys.argv[1:] if argv is None else argv), **describe()}
+    entry["devices_used"] = entry["devices"] if devices_used is None else devices_used
     changed = changes(previous, entry) if previous is not None else []
     if changed:
         warnings.warn(f"{out} was last run with other "
