@@ -226,6 +226,11 @@ def check_memory(config: OnlineDeepConfig) -> None:
                                    tasks=("--tasks", 1), steps=("--steps", config.steps), seeds=trials)
 
 
+def _device_count(config: OnlineDeepConfig) -> int:
+    """D, the devices the trials are split over (ConfigError for more than are visible)."""
+    return len(sharding.first_devices(config.devices))
+
+
 def _padded(trials: int, devices: int) -> int:
     """T rounded up to a multiple of the device count: the rows :func:`advance` runs."""
     return -(-trials // devices) * devices
@@ -297,7 +302,7 @@ def _static(config: OnlineDeepConfig) -> OnlineDeepConfig:
     """The config with what does not shape the compiled parts set to fixed values (the
     cache key); ``devices`` as the count it selects, so that 0 and that count share one entry."""
     return dataclasses.replace(config, trials=1, seed=0, checkpoint_every=0, methods=(MAML,),
-                               devices=len(sharding.first_devices(config.devices)))
+                               devices=_device_count(config))
 
 
 def trial_keys(config: OnlineDeepConfig, trial_ids: Sequence[int]) -> jax.Array:
@@ -377,7 +382,7 @@ def advance(config: OnlineDeepConfig, states: dict[str, RunState], records: dict
     def real(tree):  # the T trials, without the copies that pad them
         return jax.tree.map(lambda x: x[:trials], tree)
 
-    states = {m: sharding.pad_runs(states[m], len(sharding.first_devices(config.devices))) for m in states}
+    states = {m: sharding.pad_runs(states[m], _device_count(config)) for m in states}
     for a in range(start, stop):
         truth = None
         for m in config.methods:
@@ -456,6 +461,7 @@ def run(config: OnlineDeepConfig, out: str | None = None, progress: Callable[[di
     stop = config.arrivals if stop_after is None else min(check_non_negative_int("stop after", stop_after),
                                                           config.arrivals)
     check_memory(config)
+    devices = _device_count(config)  # this session's split: machines.jsonl and the summary record it
     trial_ids = range(config.trials)
     states, records, start = init_states(config, trial_ids), empty_records(config), 0
     checkpoints = None
@@ -493,14 +499,14 @@ def run(config: OnlineDeepConfig, out: str | None = None, progress: Callable[[di
             states, record = checkpoints.restore(states)
             start, records = int(record["arrivals"]), record["records"]
         if out is not None:  # a start, or a resume accepted and restored: this session computes
-            machine.session(out, resume, argv, devices_used=len(sharding.first_devices(config.devices)))
+            machine.session(out, resume, argv, devices_used=devices)
         states = advance(config, states, records, start, stop, after)
     finally:
         if checkpoints is not None:
             checkpoints.close()
     summary = summarize(config, records)
     summary["seconds_this_session"] = time.perf_counter() - started
-    summary["devices"] = len(sharding.first_devices(config.devices))
+    summary["devices"] = devices
     if out is not None and len(records["arrival_category"]) == config.arrivals:
         files.write_json(os.path.join(out, "summary.json"), summary)
     return summary
