@@ -4,10 +4,11 @@ XLA compiles a CPU program for the instruction set of the processor it runs on, 
 the rounding of its vectorised reductions follows that instruction set. So a seed
 gives the same bits again only on the same kind of machine, with the same jax and
 jaxlib and the same ``XLA_FLAGS``, split over the same number of devices; on another,
-the same conclusions with other bits. Every ``maml2`` output directory therefore keeps ``machines.jsonl``: one line
-per session that wrote it (the start, then each resume), so a result can be traced to
-what computed it and a resume on another machine is noticed. Impure (reads
-``/proc/cpuinfo`` and the environment; :func:`session` writes).
+the same conclusions with other bits. Every ``maml2`` output directory therefore
+keeps ``machines.jsonl``: one line per session that wrote it (the start, then each
+resume), so a result can be traced to what computed it and a resume on another
+machine is noticed. Impure (reads ``/proc/cpuinfo`` and the environment;
+:func:`session` writes).
 """
 
 from __future__ import annotations
